@@ -1,0 +1,313 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3
+"""Loops only. Validation, documentation and the formulas live in ``mdiff/metrics.py``.
+
+Every kernel works on a z-range of the volume so that ``metrics.py`` can run chunks in threads
+(the GIL is released in every loop); partial results are integer counts that simply add up.
+Volumes are read through strided memoryviews, so C-, F-ordered, sliced and memory-mapped input
+all work without a copy. A lookup table maps label values to phase indices 0..n-1; index 255
+(``OUTSIDE``) marks voxels outside the window in the closed boundary convention.
+"""
+import numpy as np
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+cdef extern from *:
+    """
+    static inline int mdiff_popcount(unsigned long long x) { return __builtin_popcountll(x); }
+    """
+    int mdiff_popcount(unsigned long long x) noexcept nogil
+
+ctypedef fused label_t:
+    uint8_t
+    uint16_t
+
+cdef enum:
+    OUTSIDE = 255
+
+# The 2x2x2 window around a lattice point holds voxels v[k], k = 4*dz + 2*dy + dx, and v[7] is
+# the voxel whose lowest corner is that point. The 13 lattice directions of the Crofton formula,
+# each as one voxel pair of the window (axes z, y, x; 6 face diagonals; 4 space diagonals):
+cdef int PAIR_A[13]
+cdef int PAIR_B[13]
+PAIR_A[:] = [0, 0, 0, 0, 2, 0, 1, 0, 1, 0, 1, 2, 3]
+PAIR_B[:] = [4, 2, 1, 6, 4, 5, 4, 3, 2, 7, 6, 5, 4]
+# The four voxels around the lattice edges that leave the point along +z, +y and +x.
+cdef int EDGE[3][4]
+EDGE[0][:] = [4, 5, 6, 7]
+EDGE[1][:] = [2, 3, 6, 7]
+EDGE[2][:] = [1, 3, 5, 7]
+
+PAIR_OFFSETS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, -1, 0), (1, 0, 1), (1, 0, -1),
+                (0, 1, 1), (0, 1, -1), (1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1)]
+
+
+def label_histogram(const label_t[:, :, :] vol, Py_ssize_t z0=0, Py_ssize_t z1=-1):
+    """Voxel count of every label value (256 or 65536 bins) over planes z0 <= z < z1."""
+    cdef Py_ssize_t H = vol.shape[1], W = vol.shape[2], a, b, c
+    if z1 < 0:
+        z1 = vol.shape[0]
+    counts = np.zeros(256 if label_t is uint8_t else 65536, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    with nogil:
+        for a in range(z0, z1):
+            for b in range(H):
+                for c in range(W):
+                    cv[vol[a, b, c]] += 1
+    return counts
+
+
+cdef void _fill_plane(const label_t[:, :, :] vol, const uint8_t[::1] lut, Py_ssize_t a,
+                      bint periodic, uint8_t* buf) noexcept nogil:
+    """Phase indices of plane z = a into buf, (H + 2) x (W + 2) with a one-voxel border.
+
+    Border and out-of-range planes are OUTSIDE (closed) or the wrapped voxels (periodic)."""
+    cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], S = W + 2, b, c
+    cdef uint8_t* row
+    if not periodic and (a < 0 or a >= D):
+        memset(buf, OUTSIDE, (H + 2) * S)
+        return
+    a = (a + D) % D
+    for b in range(H):
+        row = buf + (b + 1) * S
+        for c in range(W):
+            row[c + 1] = lut[vol[a, b, c]]
+        if periodic:
+            row[0] = row[W]
+            row[W + 1] = row[1]
+        else:
+            row[0] = OUTSIDE
+            row[W + 1] = OUTSIDE
+    if periodic:
+        memcpy(buf, buf + H * S, S)
+        memcpy(buf + (H + 1) * S, buf + S, S)
+    else:
+        memset(buf, OUTSIDE, S)
+        memset(buf + (H + 1) * S, OUTSIDE, S)
+
+
+cdef inline void _edge_phases(const uint8_t* v, int e, int n, int64_t* tpb,
+                              int64_t* triples) noexcept nogil:
+    """Count a triple-phase boundary edge: its four voxels hold three or more phases."""
+    cdef uint8_t d[4]
+    cdef int k = 0, i, j, l, seen
+    cdef uint8_t p
+    for i in range(4):
+        p = v[EDGE[e][i]]
+        if p == OUTSIDE:
+            return
+        seen = 0
+        for j in range(k):
+            if d[j] == p:
+                seen = 1
+        if not seen:
+            d[k] = p
+            k += 1
+    if k < 3:
+        return
+    tpb[0] += 1
+    if triples == NULL:
+        return
+    # sort the (3 or 4) distinct phases, then count every triple among them
+    for i in range(1, k):
+        p = d[i]
+        j = i - 1
+        while j >= 0 and d[j] > p:
+            d[j + 1] = d[j]
+            j -= 1
+        d[j + 1] = p
+    for i in range(k):
+        for j in range(i + 1, k):
+            for l in range(j + 1, k):
+                triples[(d[i] * n + d[j]) * n + d[l]] += 1
+
+
+def window_counts(const label_t[:, :, :] vol, const uint8_t[::1] lut, int n, bint periodic,
+                  Py_ssize_t a0, Py_ssize_t a1, bint want_triples=False):
+    """One pass over the 2x2x2 windows of lattice planes a0 <= a < a1.
+
+    Returns (hist, pairs, tpb, triples):
+    hist[p, m]    windows whose voxels of phase p form the 8-bit configuration m;
+    pairs[k, p]   voxel pairs along direction k (PAIR_OFFSETS) inside the window (or wrapped)
+                  whose two voxels differ, one of them of phase p;
+    tpb           lattice edges with four voxels inside and three or more phases among them;
+    triples       (n, n, n) per sorted triple of phases, or None.
+    Lattice planes run over 0..D (closed) or 0..D-1 (periodic)."""
+    cdef Py_ssize_t H = vol.shape[1], W = vol.shape[2], S = W + 2
+    cdef Py_ssize_t a, b, c, b_end = H if periodic else H + 1, c_end = W if periodic else W + 1
+    hist_arr = np.zeros((n, 256), dtype=np.int64)
+    pairs_arr = np.zeros((13, n), dtype=np.int64)
+    uniform_arr = np.zeros(256, dtype=np.int64)
+    triples_arr = np.zeros((n, n, n), dtype=np.int64) if want_triples else None
+    cdef int64_t[:, ::1] hist = hist_arr
+    cdef int64_t[:, ::1] pairs = pairs_arr
+    cdef int64_t[::1] uniform = uniform_arr
+    cdef int64_t* triples = NULL
+    cdef int64_t[:, :, ::1] triples_view
+    if want_triples:
+        triples_view = triples_arr
+        triples = &triples_view[0, 0, 0]
+    cdef int64_t tpb = 0
+    cdef uint8_t v[8]
+    cdef uint8_t p, q
+    cdef int k, j, m, seen
+    cdef uint8_t* lower = <uint8_t*> malloc((H + 2) * S)
+    cdef uint8_t* upper = <uint8_t*> malloc((H + 2) * S)
+    cdef uint8_t* tmp
+    cdef const uint8_t* r0
+    cdef const uint8_t* r1
+    cdef const uint8_t* r2
+    cdef const uint8_t* r3
+    if lower == NULL or upper == NULL:
+        free(lower)
+        free(upper)
+        raise MemoryError()
+    with nogil:
+        if a0 < a1:
+            _fill_plane(vol, lut, a0 - 1, periodic, upper)
+        for a in range(a0, a1):
+            tmp = lower
+            lower = upper
+            upper = tmp
+            _fill_plane(vol, lut, a, periodic, upper)
+            for b in range(b_end):
+                r0 = lower + b * S
+                r1 = r0 + S
+                r2 = upper + b * S
+                r3 = r2 + S
+                for c in range(c_end):
+                    v[0] = r0[c]
+                    v[1] = r0[c + 1]
+                    v[2] = r1[c]
+                    v[3] = r1[c + 1]
+                    v[4] = r2[c]
+                    v[5] = r2[c + 1]
+                    v[6] = r3[c]
+                    v[7] = r3[c + 1]
+                    p = v[0]
+                    if (p == v[1] and p == v[2] and p == v[3] and p == v[4] and p == v[5]
+                            and p == v[6] and p == v[7]):
+                        uniform[p] += 1  # the common case: inside one phase
+                        continue
+                    seen = 0
+                    for k in range(8):
+                        p = v[k]
+                        if p == OUTSIDE or (seen >> k) & 1:
+                            continue
+                        m = 0
+                        for j in range(k, 8):
+                            if v[j] == p:
+                                m = m | (1 << j)
+                        seen = seen | m
+                        hist[p, m] += 1
+                    for k in range(13):
+                        p = v[PAIR_A[k]]
+                        q = v[PAIR_B[k]]
+                        if p != q and p != OUTSIDE and q != OUTSIDE:
+                            pairs[k, p] += 1
+                            pairs[k, q] += 1
+                    if n >= 3:
+                        _edge_phases(v, 0, n, &tpb, triples)
+                        _edge_phases(v, 1, n, &tpb, triples)
+                        _edge_phases(v, 2, n, &tpb, triples)
+    free(lower)
+    free(upper)
+    hist_arr[:, 255] += uniform_arr[:n]
+    return hist_arr, pairs_arr, int(tpb), triples_arr
+
+
+def pack_phases(const label_t[:, :, :] vol, const uint8_t[::1] lut, int p0,
+                uint64_t[:, :, :, ::1] out, Py_ssize_t z0, Py_ssize_t z1):
+    """Set bit x of out[p - p0, z, y] for voxels of phase p in p0 <= p < p0 + out.shape[0].
+
+    ``out`` must be zero; rows are padded to whole 64-bit words, padding bits stay 0."""
+    cdef Py_ssize_t H = vol.shape[1], W = vol.shape[2], a, b, c
+    cdef int k = out.shape[0], p
+    with nogil:
+        for a in range(z0, z1):
+            for b in range(H):
+                for c in range(W):
+                    p = <int> lut[vol[a, b, c]] - p0
+                    if 0 <= p < k:
+                        out[p, a, b, c >> 6] |= (<uint64_t> 1) << (c & 63)
+
+
+def pair_counts_z(const uint64_t[:, :, ::1] mask, const Py_ssize_t[::1] offsets,
+                  Py_ssize_t z0, Py_ssize_t z1):
+    """counts[k] = #{(z, y, x): z0 <= z < z1, z + s_k < D, both voxels set}, s_k = offsets[k]."""
+    cdef Py_ssize_t D = mask.shape[0], words = mask.shape[1] * mask.shape[2]
+    cdef Py_ssize_t z, k, w, s, nk = offsets.shape[0]
+    counts = np.zeros(nk, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef const uint64_t* p
+    cdef const uint64_t* q
+    cdef int64_t acc
+    with nogil:
+        for z in range(z0, z1):
+            p = &mask[z, 0, 0]
+            for k in range(nk):
+                s = offsets[k]
+                if z + s >= D:
+                    continue
+                q = &mask[z + s, 0, 0]
+                acc = 0
+                for w in range(words):
+                    acc += mdiff_popcount(p[w] & q[w])
+                cv[k] += acc
+    return counts
+
+
+def pair_counts_y(const uint64_t[:, :, ::1] mask, const Py_ssize_t[::1] offsets,
+                  Py_ssize_t z0, Py_ssize_t z1):
+    """counts[k] = #{(z, y, x): z0 <= z < z1, y + s_k < H, both voxels set}."""
+    cdef Py_ssize_t H = mask.shape[1], words = mask.shape[2]
+    cdef Py_ssize_t z, y, k, w, s, nk = offsets.shape[0]
+    counts = np.zeros(nk, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef const uint64_t* p
+    cdef const uint64_t* q
+    cdef int64_t acc
+    with nogil:
+        for z in range(z0, z1):
+            for y in range(H):
+                p = &mask[z, y, 0]
+                for k in range(nk):
+                    s = offsets[k]
+                    if y + s >= H:
+                        continue
+                    q = &mask[z, y + s, 0]
+                    acc = 0
+                    for w in range(words):
+                        acc += mdiff_popcount(p[w] & q[w])
+                    cv[k] += acc
+    return counts
+
+
+def pair_counts_x(const uint64_t[:, :, ::1] mask, const Py_ssize_t[::1] offsets,
+                  Py_ssize_t z0, Py_ssize_t z1):
+    """counts[k] = #{(z, y, x): z0 <= z < z1, both x and x + s_k set} (bits past W are 0)."""
+    cdef Py_ssize_t H = mask.shape[1], words = mask.shape[2]
+    cdef Py_ssize_t z, y, k, w, s, q, r, nk = offsets.shape[0]
+    counts = np.zeros(nk, dtype=np.int64)
+    cdef int64_t[::1] cv = counts
+    cdef const uint64_t* row
+    cdef uint64_t shifted
+    cdef int64_t acc
+    with nogil:
+        for z in range(z0, z1):
+            for y in range(H):
+                row = &mask[z, y, 0]
+                for k in range(nk):
+                    s = offsets[k]
+                    q = s >> 6
+                    r = s & 63
+                    acc = 0
+                    for w in range(words - q):
+                        shifted = row[w + q] >> r
+                        if r != 0 and w + q + 1 < words:
+                            shifted = shifted | (row[w + q + 1] << (64 - r))
+                        acc += mdiff_popcount(row[w] & shifted)
+                    cv[k] += acc
+    return counts
