@@ -1,0 +1,95 @@
+"""Configurations of the model, the diffusion process and training, and the named presets.
+
+Each field's help text is its comment: ``mdiff-train`` turns every field into a flag
+(``--base-channels 32``), so defaults live here and nowhere else.
+"""
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+def _f(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    phases: int = _f(3, "input and output channels: the number of phases")
+    base_channels: int = _f(64, "channels of the first level")
+    channel_mult: tuple = _f((1, 2, 4, 4), "channel multiplier per level (one level per entry)")
+    blocks_per_level: int = _f(2, "residual blocks per level")
+    attention_sizes: tuple = _f((16, 8), "cube sides at which self-attention runs")
+    heads: int = _f(4, "attention heads")
+    dropout: float = _f(0.0, "dropout in the residual blocks")
+    groups: int = _f(32, "GroupNorm groups (capped by the channel count)")
+    periodic: bool = _f(False, "circular padding: the volume wraps around (periodic media)")
+    grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = _f(1000, "diffusion steps T")
+    schedule: str = _f("cosine", "noise schedule: cosine (Nichol & Dhariwal) or linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    patch: int = _f(64, "side of the training cubes, voxels")
+    stride: int = _f(25, "stride between training cubes (paper: 25); 0 = random positions")
+    augment: bool = _f(True, "random cube symmetries (48 rotations/reflections); off for "
+                             "anisotropic materials")
+    batch_size: int = _f(4, "cubes per step")
+    lr: float = _f(1e-4, "AdamW learning rate after warm-up")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup: int = _f(500, "linear learning-rate warm-up, steps")
+    grad_clip: float = _f(1.0, "clip the gradient norm at this value (0 = off)")
+    ema_decay: float = _f(0.999, "EMA decay of the weights used for sampling")
+    steps: int = _f(50000, "training steps")
+    save_every: int = _f(1000, "write a checkpoint every this many steps")
+    log_every: int = _f(50, "progress line and loss log every this many steps")
+    precision: str = _f("fp32", "fp32, bf16 (autocast) or fp16 (autocast + grad scaler)")
+    compile: bool = _f(False, "torch.compile the model (first steps are slow while it compiles)")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = _f(0, "seed of initialisation, cube order, noise and timesteps")
+
+
+@dataclass(frozen=True)
+class Preset:
+    unet: UNetConfig
+    diffusion: DiffusionConfig
+    train: TrainConfig
+
+
+PRESETS = {
+    # the paper's setting: 64³ cubes, T = 1000, a U-Net of 70 M parameters, attention at 16³, 8³
+    "paper": Preset(UNetConfig(), DiffusionConfig(), TrainConfig()),
+    # for a CPU: 32³ cubes, 1.8 M parameters, ~1 s a step on 2 cores
+    "small": Preset(
+        UNetConfig(base_channels=16, channel_mult=(1, 2, 4), blocks_per_level=1,
+                   attention_sizes=(8,), heads=4, groups=8),
+        DiffusionConfig(),
+        TrainConfig(patch=32, stride=8, batch_size=4, lr=3e-4, warmup=100, steps=1500,
+                    save_every=250, log_every=25, ema_decay=0.995)),
+    # for tests: seconds on a CPU
+    "tiny": Preset(
+        UNetConfig(base_channels=8, channel_mult=(1, 2), blocks_per_level=1,
+                   attention_sizes=(8,), heads=2, groups=4),
+        DiffusionConfig(timesteps=100),
+        TrainConfig(patch=16, stride=8, batch_size=2, lr=1e-3, warmup=0, steps=20,
+                    save_every=10, log_every=5, ema_decay=0.9)),
+}
+
+
+def override(config, values):
+    """A copy of ``config`` with the non-None entries of ``values`` that name its fields."""
+    names = {f.name for f in fields(config)}
+    return replace(config, **{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def to_dict(config):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def from_dict(cls, values):
+    """Rebuild a config from a checkpoint's plain dict (lists back to tuples)."""
+    names = {f.name: f for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v
+                  for k, v in values.items() if k in names})

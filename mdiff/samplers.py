@@ -1,0 +1,68 @@
+"""Samplers: plain functions of a model callable ``model(x, t) -> ε`` and a GaussianDiffusion.
+
+Noise comes from one CPU ``torch.Generator`` per volume, so volume i of a seeded run is the
+same whatever the batch size and device. ``clip_denoised`` clips the predicted x_0 to [-1, 1],
+the range of the one-hot encoding, before it is used (improved-diffusion's default).
+"""
+import torch
+
+
+def _noise(generators, shape, device):
+    """(N, *shape) standard normal noise, one generator per volume."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+def _predict(diffusion, model, x, t, clip_denoised):
+    eps = diffusion.model_eps(model, x, t)
+    x_start = diffusion.predict_xstart_from_eps(x, t, eps)
+    if clip_denoised:
+        x_start = x_start.clamp(-1, 1)
+        eps = diffusion.predict_eps_from_xstart(x, t, x_start)
+    return x_start, eps
+
+
+@torch.no_grad()
+def ddpm_sample(model, diffusion, shape, generators, device="cpu", variance="beta_tilde",
+                clip_denoised=True, progress=None):
+    """Algorithm 2 (ancestral sampling): x_T ~ N(0, I), then for t = T..1
+    x_{t-1} = μ̃_θ(x_t, t) + σ_t z with σ_t² = β̃_t (eq. 6) or β_t, and z = 0 at the last step.
+
+    Returns x_0 (N, *shape) in float32; ``progress(i, total)`` is called after each step."""
+    x = _noise(generators, shape, device)
+    total = diffusion.num_timesteps
+    for i, step in enumerate(reversed(range(total))):
+        t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
+        x_start, _ = _predict(diffusion, model, x, t, clip_denoised)
+        mean, var = diffusion.q_posterior_mean_variance(x_start, x, t)
+        if variance == "beta":
+            var = torch.full_like(var, float(diffusion.betas[step]))
+        if step > 0:
+            x = mean + var.sqrt() * _noise(generators, shape, device)
+        else:
+            x = mean
+        if progress:
+            progress(i + 1, total)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(model, diffusion, shape, generators, device="cpu", eta=0.0, clip_denoised=True,
+                progress=None):
+    """DDIM (Song et al. 2021, eq. 12) over the steps of ``diffusion`` (use ``respace(K)``):
+    x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 − ᾱ_{t-1} − σ_t²) ε_θ + σ_t z,
+    σ_t = η √((1 − ᾱ_{t-1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t-1}). η = 0 is deterministic; η = 1
+    with all T steps is the ancestral sampler with σ_t² = β̃_t."""
+    x = _noise(generators, shape, device)
+    total = diffusion.num_timesteps
+    for i, step in enumerate(reversed(range(total))):
+        t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
+        x_start, eps = _predict(diffusion, model, x, t, clip_denoised)
+        abar = float(diffusion.alphas_cumprod[step])
+        abar_prev = float(diffusion.alphas_cumprod_prev[step])
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
+        x = abar_prev ** 0.5 * x_start + max(1 - abar_prev - sigma ** 2, 0.0) ** 0.5 * eps
+        if step > 0 and sigma > 0:
+            x = x + sigma * _noise(generators, shape, device)
+        if progress:
+            progress(i + 1, total)
+    return x

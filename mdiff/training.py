@@ -1,0 +1,246 @@
+"""Training loop (Algorithm 1): AdamW with warm-up, gradient clipping, EMA, mixed precision,
+``torch.compile``, atomic checkpoints and bit-for-bit resume.
+
+The random state of step k is derived from (seed, k): cube positions and symmetries from a
+numpy generator seeded with [seed, k], timesteps, noise and dropout from ``torch.manual_seed``.
+A run resumed from the checkpoint of step k therefore continues exactly as an uninterrupted
+run, with no generator state to carry (the checkpoint holds seed and step).
+"""
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, synth
+from .config import PRESETS, DiffusionConfig, TrainConfig, UNetConfig, from_dict, override, to_dict
+from .data import CubeDataset
+from .diffusion import GaussianDiffusion
+from .errors import MdiffError
+from .io import read_volume
+from .phases import PhaseMap
+from .unet import UNet
+
+CHECKPOINT = "checkpoint.pt"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MdiffError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    return device
+
+
+def autocast(device, precision):
+    """bf16/fp16 autocast on the device, or nothing for fp32 (nanoGPT's three lines)."""
+    if precision not in PRECISIONS:
+        raise MdiffError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def load_volumes(paths, phases=None, example=False):
+    """(volumes, phase_map, meta, names) of the training data; all files must share labels."""
+    if example:
+        volume = synth.generate()
+        return [volume], PhaseMap.from_volume(volume, phases, "example"), {
+            "voxel_size": None, "unit": None}, ["built-in example"]
+    if not paths:
+        raise MdiffError("no training data: give one or more volumes, or --example")
+    volumes, metas, maps = [], [], []
+    for path in paths:
+        volume, meta = read_volume(path, with_meta=True)
+        maps.append(PhaseMap.from_volume(volume, phases, str(path)))
+        volumes.append(volume)
+        metas.append(meta)
+    for path, pm in zip(paths[1:], maps[1:]):
+        if pm.labels != maps[0].labels:
+            raise MdiffError(f"{path}: labels {list(pm.labels)} differ from {paths[0]}'s "
+                             f"{list(maps[0].labels)}; all training volumes need the same phases")
+    return volumes, maps[0], metas[0], [str(p) for p in paths]
+
+
+def _step_seed(seed, step):
+    return (seed * 1_000_003 + step) % 2**63
+
+
+def _lr(cfg, step):
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else cfg.lr
+
+
+def _stderr(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff", resume=False,
+          unet=None, diffusion=None, train=None, log=_stderr):
+    """Train a 3D DDPM on label volumes; returns the path of the final checkpoint.
+
+    ``unet``, ``diffusion`` and ``train`` are dicts of field overrides of the preset's configs
+    (``None`` values ignored). With ``resume=True`` the run in ``out`` continues from its
+    checkpoint (its configs are kept; ``train={"steps": N}`` may extend it)."""
+    log = log or (lambda text: None)
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT
+    state = None
+    if resume:
+        if not ckpt_path.exists():
+            raise MdiffError(f"--resume: no checkpoint at {ckpt_path}")
+        state = checkpoint.load(ckpt_path)
+        ucfg = from_dict(UNetConfig, state["unet"])
+        dcfg = from_dict(DiffusionConfig, state["diffusion"])
+        tcfg = override(from_dict(TrainConfig, state["train"]), {
+            k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
+                                                             "device", "compile")})
+        example = state["data"]["example"]
+        data = state["data"]["paths"] if not example else ()
+    else:
+        if preset not in PRESETS:
+            raise MdiffError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        p = PRESETS[preset]
+        ucfg, dcfg, tcfg = (override(p.unet, unet or {}), override(p.diffusion, diffusion or {}),
+                            override(p.train, train or {}))
+    volumes, phase_map, meta, names = load_volumes(list(data), phases, example)
+    if state is not None and tuple(state["labels"]) != phase_map.labels:
+        raise MdiffError(f"--resume: the data's labels {list(phase_map.labels)} differ from the "
+                         f"checkpoint's {state['labels']}")
+    ucfg = override(ucfg, {"phases": phase_map.n})
+    _check(ucfg, dcfg, tcfg)
+    dataset = CubeDataset(volumes, phase_map, tcfg.patch, tcfg.stride, tcfg.augment, names)
+    device = resolve_device(tcfg.device)
+
+    torch.manual_seed(tcfg.seed)
+    model = UNet(ucfg, tcfg.patch).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
+    process = GaussianDiffusion.from_config(dcfg)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step = state["step"]
+    forward = torch.compile(model) if tcfg.compile else model
+
+    out.mkdir(parents=True, exist_ok=True)
+    static = {"unet": to_dict(ucfg), "diffusion": to_dict(dcfg), "train": to_dict(tcfg),
+              "labels": list(phase_map.labels), "patch": tcfg.patch,
+              "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
+              "unit": meta["unit"],
+              "data": {"paths": [str(Path(p).resolve()) for p in data], "example": example}}
+    (out / "config.json").write_text(json.dumps({**static, "preset": preset}, indent=2) + "\n")
+    loss_log = out / "loss.jsonl"
+    _truncate_log(loss_log, step)
+
+    def save(loss):
+        checkpoint.save(ckpt_path, {
+            **static, "step": step, "seed": tcfg.seed, "loss": loss,
+            "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})
+
+    params = list(model.parameters())
+    ema_params = list(ema.parameters())
+    n_params = sum(p.numel() for p in params)
+    log(f"mdiff-train: {n_params / 1e6:.2f} M parameters, {len(dataset) or 'random'} cubes of "
+        f"{tcfg.patch}^3 from {', '.join(names)}, labels {list(phase_map.labels)}, "
+        f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; "
+        f"steps {step} -> {tcfg.steps}; run dir {out}")
+    model.train()
+    running = torch.zeros((), device=device)
+    window, last_loss = 0, None
+    t_window = time.perf_counter()
+    voxels = tcfg.batch_size * tcfg.patch ** 3
+    while step < tcfg.steps:
+        torch.manual_seed(_step_seed(tcfg.seed, step))
+        rng = np.random.default_rng([tcfg.seed, step])
+        x_start = dataset.batch(rng, tcfg.batch_size, device)
+        t = torch.randint(0, process.num_timesteps, (tcfg.batch_size,), device=device)
+        noise = torch.randn_like(x_start)
+        for group in opt.param_groups:
+            group["lr"] = _lr(tcfg, step)
+        with autocast(device, tcfg.precision):
+            loss = process.training_losses(forward, x_start, t, noise).mean()
+        scaler.scale(loss).backward()
+        if tcfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - tcfg.ema_decay)
+        running += loss.detach().float()
+        window += 1
+        step += 1
+        if step % tcfg.log_every == 0 or step % tcfg.save_every == 0 or step == tcfg.steps:
+            mean = running.item() / window
+            if not math.isfinite(mean):
+                raise MdiffError(
+                    f"the loss became {mean} by step {step}; stopped without saving, so "
+                    f"{ckpt_path} still holds the last good state. Try a lower --lr, "
+                    "--precision fp32 or --grad-clip 1")
+            elapsed = time.perf_counter() - t_window
+            rate = window / elapsed
+            log(f"step {step:>7}/{tcfg.steps}  loss {mean:.5f}  lr {_lr(tcfg, step - 1):.2e}  "
+                f"{rate:.2f} steps/s  {rate * voxels / 1e6:.2f} Mvox/s  "
+                f"ETA {_duration((tcfg.steps - step) / rate)}")
+            with open(loss_log, "a") as f:
+                f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
+                                    "steps_per_s": rate}) + "\n")
+            last_loss = mean
+            running.zero_()
+            window = 0
+            t_window = time.perf_counter()
+            if step % tcfg.save_every == 0 or step == tcfg.steps:
+                save(last_loss)
+    if state is not None and step == state["step"]:
+        log(f"mdiff-train: {ckpt_path} is already at step {step}; raise --steps to go on")
+    log(f"mdiff-train: checkpoint {ckpt_path} (step {step})")
+    return ckpt_path
+
+
+def _check(ucfg, dcfg, tcfg):
+    levels = len(ucfg.channel_mult)
+    if tcfg.patch % 2 ** (levels - 1):
+        raise MdiffError(f"--patch {tcfg.patch} must be divisible by 2^{levels - 1} = "
+                         f"{2 ** (levels - 1)} for {levels} U-Net levels")
+    if ucfg.base_channels * min(ucfg.channel_mult) % ucfg.heads:
+        raise MdiffError(f"--heads {ucfg.heads} must divide the channel counts")
+    if tcfg.precision not in PRECISIONS:
+        raise MdiffError(f"--precision must be one of {list(PRECISIONS)}")
+    if dcfg.schedule not in ("cosine", "linear"):
+        raise MdiffError(f"--schedule must be cosine or linear, got {dcfg.schedule!r}")
+    for name in ("steps", "batch_size", "save_every", "log_every", "timesteps"):
+        cfg = dcfg if name == "timesteps" else tcfg
+        if getattr(cfg, name) < 1:
+            raise MdiffError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def _truncate_log(path, step):
+    """Drop loss-log lines past ``step`` (left by a run that stopped after its checkpoint)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))

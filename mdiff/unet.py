@@ -1,0 +1,179 @@
+"""The 3D U-Net noise predictor ε_θ(x_t, t) of the paper's §3.2.3 (Fig. 3).
+
+Initial convolution; levels of residual blocks (GroupNorm in fp32, SiLU, time-embedding
+injection) with multi-head self-attention at the coarse cube sides; stride-2 down-sampling on
+all three axes (depth is a spatial axis here, not time); middle blocks with attention; mirrored
+up-sampling levels fed by skip connections; final norm, SiLU and convolution. Tensors are
+(N, C, D, H, W). The network knows nothing of the noise schedule.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import UNetConfig
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal embedding (N,) → (N, dim) of (possibly fractional) timesteps."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the autocast dtype: statistics over 64³ voxels
+    lose too much precision in bf16."""
+
+    def forward(self, x):
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias,
+                            self.eps).to(x.dtype)
+
+
+def norm(channels, groups):
+    groups = math.gcd(channels, min(groups, channels))
+    return GroupNorm32(groups, channels)
+
+
+def conv(cin, cout, kernel=3, stride=1, periodic=False):
+    return nn.Conv3d(cin, cout, kernel, stride=stride, padding=kernel // 2,
+                     padding_mode="circular" if periodic and kernel > 1 else "zeros")
+
+
+def zero(module):
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, emb_dim, cfg):
+        super().__init__()
+        self.norm1 = norm(cin, cfg.groups)
+        self.conv1 = conv(cin, cout, periodic=cfg.periodic)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2 = norm(cout, cfg.groups)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = zero(conv(cout, cout, periodic=cfg.periodic))
+        self.skip = nn.Identity() if cin == cout else conv(cin, cout, kernel=1)
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None, None].to(h.dtype)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all voxels of a (coarse) feature cube."""
+
+    def __init__(self, channels, heads, cfg):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.norm = norm(channels, cfg.groups)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.out = zero(nn.Conv3d(channels, channels, 1))
+
+    def forward(self, x, emb=None):
+        n, c, d, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, d * h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, L, C/heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(y.transpose(-1, -2).reshape(n, c, d, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels, cfg):
+        super().__init__()
+        self.conv = conv(channels, channels, stride=2, periodic=cfg.periodic)
+
+    def forward(self, x, emb=None):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels, cfg):
+        super().__init__()
+        self.conv = conv(channels, channels, periodic=cfg.periodic)
+
+    def forward(self, x, emb=None):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """ε_θ: (N, phases, S, S, S) noisy cube and (N,) timesteps → predicted noise, same shape.
+
+    ``patch`` is the training cube side: attention runs at the levels whose side is in
+    ``cfg.attention_sizes`` for that side, and keeps those levels at other sample sizes.
+    """
+
+    def __init__(self, cfg: UNetConfig, patch: int):
+        super().__init__()
+        self.cfg = cfg
+        levels = len(cfg.channel_mult)
+        if patch % 2 ** (levels - 1):
+            raise ValueError(f"patch {patch} is not divisible by 2^{levels - 1}")
+        ch = cfg.base_channels
+        emb_dim = 4 * ch
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
+                                        nn.Linear(emb_dim, emb_dim))
+        self.input = conv(cfg.phases, ch, periodic=cfg.periodic)
+        self.down = nn.ModuleList()
+        skips = [ch]
+        for level, mult in enumerate(cfg.channel_mult):
+            attend = (patch >> level) in cfg.attention_sizes
+            for _ in range(cfg.blocks_per_level):
+                blocks = [ResBlock(ch, mult * cfg.base_channels, emb_dim, cfg)]
+                ch = mult * cfg.base_channels
+                if attend:
+                    blocks.append(Attention(ch, cfg.heads, cfg))
+                self.down.append(nn.ModuleList(blocks))
+                skips.append(ch)
+            if level < levels - 1:
+                self.down.append(nn.ModuleList([Downsample(ch, cfg)]))
+                skips.append(ch)
+        self.middle = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg), Attention(ch, cfg.heads, cfg),
+                                     ResBlock(ch, ch, emb_dim, cfg)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            attend = (patch >> level) in cfg.attention_sizes
+            for i in range(cfg.blocks_per_level + 1):
+                blocks = [ResBlock(ch + skips.pop(), mult * cfg.base_channels, emb_dim, cfg)]
+                ch = mult * cfg.base_channels
+                if attend:
+                    blocks.append(Attention(ch, cfg.heads, cfg))
+                if level > 0 and i == cfg.blocks_per_level:
+                    blocks.append(Upsample(ch, cfg))
+                self.up.append(nn.ModuleList(blocks))
+        self.output = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(),
+                                    zero(conv(ch, cfg.phases, periodic=cfg.periodic)))
+
+    @property
+    def factor(self):
+        """Sample sides must be multiples of this."""
+        return 2 ** (len(self.cfg.channel_mult) - 1)
+
+    def _run(self, blocks, h, emb):
+        for block in blocks:
+            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, emb, use_reentrant=False)
+            else:
+                h = block(h, emb)
+        return h
+
+    def forward(self, x, t):
+        emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
+        h = self.input(x)
+        hs = [h]
+        for blocks in self.down:
+            h = self._run(blocks, h, emb)
+            hs.append(h)
+        h = self._run(self.middle, h, emb)
+        for blocks in self.up:
+            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), emb)
+        return self.output(h).to(x.dtype)
