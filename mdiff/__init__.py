@@ -1,0 +1,25 @@
+"""mdiff: 3D denoising diffusion models for segmented microstructure volumes, and exact
+microstructure metrics to judge them.
+
+Importing mdiff is cheap: torch is imported only when training or sampling is used.
+"""
+from ._version import __version__
+from .errors import MdiffError
+from .io import read_volume, write_volume
+
+
+def train(*args, **kwargs):
+    """Train a 3D DDPM; see ``mdiff.train.train``. Returns the checkpoint path."""
+    from .training import train as _train
+
+    return _train(*args, **kwargs)
+
+
+def load(path, device="auto", use_ema=True, precision="fp32"):
+    """A generator from a checkpoint: ``mdiff.load(ckpt).sample(n, size, sampler, steps, seed)``."""
+    from .sampling import load as _load
+
+    return _load(path, device, use_ema, precision)
+
+
+__all__ = ["__version__", "MdiffError", "read_volume", "write_volume", "train", "load"]

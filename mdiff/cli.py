@@ -1,0 +1,232 @@
+"""Argument parsing for the console scripts, and nothing else.
+
+Each ``*_main(argv=None)`` parses its arguments, calls a library function and returns an exit
+status. An ``MdiffError`` (bad file, bad flag, bad checkpoint) or an OS error becomes one line
+on stderr and exit status 2, never a traceback.
+"""
+import argparse
+import dataclasses
+import sys
+
+from ._version import __version__
+from .errors import MdiffError
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None/False of flags whose default is "not given"."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser(prog, description):
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _run(prog, parser, body, argv):
+    args = parser.parse_args(argv)
+    try:
+        body(args)
+    except MdiffError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{prog}: error: {exc.filename or ''}{': ' if exc.filename else ''}"
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _show(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _ints(text):
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _floats(text):
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _config_flags(parser, presets, part, title, skip=()):
+    """One flag per field of the presets' ``part`` config; None means "the preset's value"."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(getattr(presets["paper"], part)):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        values = ", ".join(f"{name} {_show(getattr(getattr(p, part), f.name))}"
+                           for name, p in presets.items() if name != "tiny")
+        help_text = f"{f.metadata['help']} (preset {values})"
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        else:
+            kind = _ints if isinstance(f.default, tuple) else type(f.default)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+                               metavar=f.name.upper())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train_main(argv=None):
+    from .config import PRESETS
+
+    parser = _parser("mdiff-train", "Train a 3D denoising diffusion model on segmented volumes "
+                     "(cubes cut from the label volume, one-hot encoded, 48 cube symmetries).")
+    parser.add_argument("data", nargs="*", metavar="DATA.tif",
+                        help="segmented 3D volume(s), .tif/.tiff or .npy; all with the same labels")
+    parser.add_argument("--phases", type=int, metavar="N",
+                        help="expected number of phases; a volume with another count is refused")
+    parser.add_argument("--example", action="store_true",
+                        help="train on the built-in synthetic 3-phase microstructure")
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                        help="named configuration: paper (64^3, 70 M parameters, GPU), small "
+                             "(32^3, 1.8 M, CPU), tiny (tests)")
+    parser.add_argument("--out", default="runs/mdiff", metavar="DIR",
+                        help="run directory: config.json, loss.jsonl, checkpoint.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint (bit-for-bit)")
+    _config_flags(parser, PRESETS, "unet", "model (override the preset)", skip=("phases",))
+    _config_flags(parser, PRESETS, "diffusion", "diffusion")
+    _config_flags(parser, PRESETS, "train", "training")
+
+    def body(args):
+        from .training import train
+
+        if args.example and args.data:
+            raise MdiffError("give data files or --example, not both")
+        if not args.example and not args.data and not args.resume:
+            raise MdiffError("no training data: give DATA.tif or --example "
+                             "(see mdiff-train --help)")
+        values = vars(args)
+        train(args.data, args.phases, args.example, args.preset, args.out, args.resume,
+              unet=values, diffusion=values, train=values)
+
+    return _run("mdiff-train", parser, body, argv)
+
+
+def sample_main(argv=None):
+    parser = _parser("mdiff-sample", "Generate volumes from a checkpoint of mdiff-train. Writes "
+                     "OUT_DIR/sample_000.tif, ... with the training labels and samples.json.")
+    parser.add_argument("checkpoint", metavar="CKPT.pt")
+    parser.add_argument("out_dir", metavar="OUT_DIR")
+    parser.add_argument("-n", "--count", type=int, default=4, help="number of volumes")
+    parser.add_argument("--size", type=int, help="cube side (default: the training cube side)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+                        help="ddim: --steps re-spaced steps; ddpm: ancestral, all T steps")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed -> same volumes")
+    parser.add_argument("--batch", type=int, help="volumes per forward pass (default min(n, 8))")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+
+    def body(args):
+        from .sampling import sample_to_dir
+
+        if args.steps < 1:
+            raise MdiffError("--steps must be at least 1")
+        sample_to_dir(args.checkpoint, args.out_dir, args.count, args.size, args.sampler,
+                      args.steps, args.seed, args.batch, args.eta, args.device, args.precision,
+                      not args.no_ema)
+
+    return _run("mdiff-sample", parser, body, argv)
+
+
+def metrics_main(argv=None):
+    parser = _parser("mdiff-metrics", "Microstructure metrics of segmented volumes: volume "
+                     "fraction, specific surface area, Euler characteristic, two-point "
+                     "correlation, triple-phase boundary density. Several files: the first is "
+                     "the reference, the others are compared with it.")
+    parser.add_argument("files", nargs="+", metavar="A.tif")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (SPEC §4)")
+    parser.add_argument("--s2-max", type=int, default=64, metavar="R",
+                        help="largest S2 distance, voxels (clipped to the smallest side - 1)")
+    parser.add_argument("--boundary", choices=("closed", "periodic"), default="closed",
+                        help="closed: outside the window is no phase; periodic: a 3-torus")
+    parser.add_argument("--subvolume", type=int, metavar="S",
+                        help="also report mean ± std over non-overlapping S^3 cubes")
+    parser.add_argument("--voxel-size", type=float, metavar="L",
+                        help="isotropic voxel size: S_V per length, chi_V per volume")
+    parser.add_argument("--plot", metavar="FILE.png", help="S2 curves (and sub-volume figures)")
+
+    def body(args):
+        from . import report
+
+        if args.s2_max < 0:
+            raise MdiffError("--s2-max must be >= 0")
+        if args.subvolume is not None and args.subvolume < 2:
+            raise MdiffError("--subvolume must be at least 2")
+        if args.voxel_size is not None and not args.voxel_size > 0:
+            raise MdiffError("--voxel-size must be positive")
+        result = report.measure(args.files, args.s2_max, args.boundary, args.subvolume,
+                                args.voxel_size)
+        print(report.to_json(result) if args.json else report.format_report(result))
+        if args.plot:
+            report.plot(result, args.plot)
+
+    return _run("mdiff-metrics", parser, body, argv)
+
+
+def synth_main(argv=None):
+    from .synth import EXAMPLE
+
+    parser = _parser("mdiff-synth", "Write a synthetic microstructure: a Gaussian random field "
+                     "thresholded at exact phase fractions (the built-in example and baseline).")
+    parser.add_argument("out", metavar="OUT.tif", help=".tif/.tiff or .npy")
+    parser.add_argument("--shape", type=_ints, default=EXAMPLE.shape,
+                        help="Z,Y,X or one side for a cube")
+    parser.add_argument("--fractions", type=_floats, default=EXAMPLE.fractions,
+                        help="volume fraction per phase, summing to 1")
+    parser.add_argument("--labels", type=_ints, default=EXAMPLE.labels,
+                        help="label value per phase")
+    parser.add_argument("--length", type=float, default=EXAMPLE.length,
+                        help="correlation length (smoothing std), voxels")
+    parser.add_argument("--seed", type=int, default=EXAMPLE.seed)
+
+    def body(args):
+        from .io import write_volume
+        from .synth import generate
+
+        shape = args.shape * 3 if len(args.shape) == 1 else args.shape
+        write_volume(args.out, generate(shape, args.fractions, args.labels, args.length,
+                                        args.seed))
+
+    return _run("mdiff-synth", parser, body, argv)
+
+
+def demo_main(argv=None):
+    parser = _parser("mdiff-demo", "The whole job in one command: train a small model on the "
+                     "built-in synthetic microstructure, sample volumes with DDIM, and compare "
+                     "their metrics with real cubes of the training volume.")
+    parser.add_argument("--out", default="runs/demo", metavar="DIR")
+    parser.add_argument("--steps", type=int, default=300, help="training steps (~1 s each on "
+                        "2 CPU cores)")
+    parser.add_argument("--samples", type=int, default=8, help="volumes to generate")
+    parser.add_argument("--preset", default="small", help="model preset")
+    parser.add_argument("--device", default="auto")
+
+    def body(args):
+        from .demo import run_demo
+
+        run_demo(args.out, args.steps, args.samples, args.preset, args.device)
+
+    return _run("mdiff-demo", parser, body, argv)

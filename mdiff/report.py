@@ -1,0 +1,287 @@
+"""``mdiff-metrics``: measure volumes, compare them with a reference, print tables, JSON, plots.
+
+The figures come from ``mdiff.metrics.describe``; this module only arranges them: the union of
+labels across files (a label missing from a volume reads as φ = 0, with a warning), sub-volume
+statistics (mean ± std over non-overlapping S³ cubes, the way generated 64³ samples must be
+compared with real 64³ cubes), relative differences, effect sizes and mean |ΔS2|.
+"""
+import json
+import sys
+
+import numpy as np
+
+from . import metrics
+from ._version import __version__
+from .errors import MdiffError
+from .io import read_volume
+from .phases import PhaseMap, label_counts
+
+# (key in a phase entry, short name for tables, format)
+FIGURES = [
+    ("volume_fraction", "phi", "{:.4f}"),
+    ("specific_surface_area", "S_V", "{:.4g}"),
+    ("specific_surface_area_faces", "S_V faces", "{:.4g}"),
+    ("euler_density", "chi_V", "{:.3e}"),
+]
+
+
+def subvolumes(volume, size):
+    """Views (no copies) of the non-overlapping size³ cubes that fit in the volume."""
+    counts = [n // size for n in volume.shape]
+    if min(counts) == 0:
+        raise MdiffError(f"--subvolume {size} is larger than the volume {volume.shape}")
+    return [volume[a * size:(a + 1) * size, b * size:(b + 1) * size, c * size:(c + 1) * size]
+            for a in range(counts[0]) for b in range(counts[1]) for c in range(counts[2])]
+
+
+def summarise(entries):
+    """Mean and std over cube entries of every figure: {"count", "phases": [...], "tpb_density"}."""
+    out = {"count": len(entries), "phases": []}
+    for i, phase in enumerate(entries[0]["phases"]):
+        row = {"label": phase["label"]}
+        for key, _, _ in FIGURES:
+            values = np.array([e["phases"][i][key] for e in entries])
+            row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))
+                        if len(values) > 1 else 0.0}
+        row["s2"] = {axis: np.mean([e["phases"][i]["s2"][axis] for e in entries], axis=0).tolist()
+                     for axis in "zyx"}
+        out["phases"].append(row)
+    tpb = [e["tpb_density"] for e in entries]
+    out["tpb_density"] = None if tpb[0] is None else {
+        "mean": float(np.mean(tpb)), "std": float(np.std(tpb, ddof=1)) if len(tpb) > 1 else 0.0}
+    return out
+
+
+def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None, warn=None):
+    """Read and describe every file with one shared phase map; the ``--json`` object."""
+    warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
+    volumes = [read_volume(p) for p in paths]
+    label_sets = [set(label_counts(v)) for v in volumes]
+    union = sorted(set().union(*label_sets))
+    for path, labels in zip(paths, label_sets):
+        missing = sorted(set(union) - labels)
+        if missing and len(paths) > 1:
+            warn(f"{path}: labels {missing} do not occur (their phase reads as empty)")
+    if len(union) < 2:
+        raise MdiffError(f"{paths[0]}: only one label ({union[0]}) in the volume; "
+                         "a microstructure needs at least two phases")
+    phase_map = PhaseMap(union)
+    result = {"mdiff_version": __version__, "boundary": boundary, "volumes": []}
+    if voxel_size is not None:
+        result["voxel_size"] = voxel_size
+    for path, volume in zip(paths, volumes):
+        entry = metrics.describe(volume, phase_map, s2_max, boundary, voxel_size, path=path)
+        if subvolume:
+            cubes = [metrics.describe(c, phase_map, s2_max, boundary, voxel_size)
+                     for c in subvolumes(volume, subvolume)]
+            entry["subvolumes"] = {"size": subvolume, **summarise(cubes)}
+        result["volumes"].append(entry)
+    if len(paths) > 1:
+        result["comparison"] = [compare(result["volumes"][0], other, subvolume)
+                                for other in result["volumes"][1:]]
+    return result
+
+
+def _relative(value, reference):
+    return None if reference == 0 else (value - reference) / abs(reference)
+
+
+def compare(ref, other, subvolume=None):
+    """Per phase and figure: reference, value, relative difference (and effect size d)."""
+    out = {"path": other["path"], "reference": ref["path"], "phases": []}
+    for rp, op in zip(ref["phases"], other["phases"]):
+        row = {"label": rp["label"]}
+        for key, _, _ in FIGURES:
+            cell = {"reference": rp[key], "value": op[key],
+                    "relative_difference": _relative(op[key], rp[key])}
+            if subvolume:
+                rs = ref["subvolumes"]["phases"][len(out["phases"])][key]
+                os_ = other["subvolumes"]["phases"][len(out["phases"])][key]
+                cell.update(reference_mean=rs["mean"], reference_std=rs["std"],
+                            mean=os_["mean"], std=os_["std"],
+                            relative_difference_of_means=_relative(os_["mean"], rs["mean"]),
+                            effect_size=effect_size(os_["mean"], rs["mean"], rs["std"]))
+            row[key] = cell
+        row["s2_mean_abs_difference"] = {
+            axis: mean_abs_difference(rp["s2"][axis], op["s2"][axis]) for axis in "zyx"}
+        out["phases"].append(row)
+    if ref["tpb_density"] is not None and other["tpb_density"] is not None:
+        out["tpb_density"] = {"reference": ref["tpb_density"], "value": other["tpb_density"],
+                              "relative_difference": _relative(other["tpb_density"],
+                                                               ref["tpb_density"])}
+    return out
+
+
+def effect_size(mean, reference_mean, reference_std):
+    """d = |mean − mean_ref| / std_ref; None when the reference does not vary."""
+    return None if reference_std == 0 else abs(mean - reference_mean) / reference_std
+
+
+def mean_abs_difference(a, b):
+    """Mean |a(r) − b(r)| over the r both curves have."""
+    k = min(len(a), len(b))
+    return float(np.mean(np.abs(np.subtract(a[:k], b[:k]))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Text output
+
+
+def _pct(x):
+    return "" if x is None else f"{100 * x:+.1f}%"
+
+
+def format_report(result):
+    """The human-readable tables: one file alone, or files side by side with the first."""
+    vols = result["volumes"]
+    unit = "voxel units" if "voxel_size" not in result else f"voxel size {result['voxel_size']}"
+    lines = []
+    for v in vols:
+        lines.append(f"{v['path']}: {'x'.join(map(str, v['shape']))} voxels, "
+                     f"{len(v['phases'])} phases")
+    lines.append("")
+    names = [_short(v["path"]) for v in vols]
+    sub = "subvolumes" in vols[0]
+    head = f"{'figure':<10} {'label':>5}  " + "  ".join(
+        f"{n:>14}" + ("" if i == 0 else f" {'diff':>8}") for i, n in enumerate(names))
+    lines.append(head)
+    lines.append("-" * len(head))
+    for i, phase in enumerate(vols[0]["phases"]):
+        for key, short, fmt in FIGURES + [("chi", "chi", "{:d}")]:
+            cells = []
+            for j, v in enumerate(vols):
+                p = v["phases"][i]
+                value = p["euler"]["chi"] if key == "chi" else p[key]
+                ref = phase["euler"]["chi"] if key == "chi" else phase[key]
+                text = fmt.format(value)
+                cells.append(f"{text:>14}" + ("" if j == 0 else
+                                              f" {_pct(_relative(value, ref)):>8}"))
+            lines.append(f"{short:<10} {phase['label']:>5}  " + "  ".join(cells))
+        lines.append("")
+    if vols[0]["tpb_density"] is not None:
+        cells = []
+        for j, v in enumerate(vols):
+            t = v["tpb_density"]
+            cells.append(f"{t:>14.4g}" + ("" if j == 0 else
+                                          f" {_pct(_relative(t, vols[0]['tpb_density'])):>8}"))
+        lines.append(f"{'TPB':<10} {'':>5}  " + "  ".join(cells))
+        lines.append("")
+    if len(vols) == 1:
+        lines.append("Euler counts (V - E + F - C = chi):")
+        for p in vols[0]["phases"]:
+            e = p["euler"]
+            lines.append(f"  label {p['label']:>5}: {e['vertices']} - {e['edges']} + "
+                         f"{e['faces']} - {e['cubes']} = {e['chi']}")
+        lines.append("")
+    if sub:
+        lines += _format_subvolumes(result)
+    for comp in result.get("comparison", []):
+        worst = max((d for p in comp["phases"] for d in p["s2_mean_abs_difference"].values()),
+                    default=0.0)
+        lines.append(f"S2: largest mean |dS2| over phases and axes, {_short(comp['path'])} vs "
+                     f"{_short(comp['reference'])}: {worst:.4f}")
+    lines.append(
+        f"Conventions: boundary {result['boundary']}; {unit}; phi = voxel fraction; S_V = "
+        "surface per volume, Crofton 13 directions (faces = voxel-face count, ~1.5x a smooth "
+        "surface); chi = V-E+F-C of the union of closed voxels (26-connected phase), chi_V = "
+        "chi/N; TPB = lattice edges touching 3+ phases per voxel; diff = relative to the first "
+        "file.")
+    return "\n".join(lines)
+
+
+def _format_subvolumes(result):
+    vols = result["volumes"]
+    size = vols[0]["subvolumes"]["size"]
+    lines = [f"Sub-volumes of {size}^3: mean ± std over cubes "
+             f"({', '.join(str(v['subvolumes']['count']) for v in vols)} cubes); "
+             "d = |mean - mean_ref| / std_ref"]
+    for i, phase in enumerate(vols[0]["subvolumes"]["phases"]):
+        for key, short, fmt in FIGURES:
+            cells = []
+            r = phase[key]
+            for j, v in enumerate(vols):
+                c = v["subvolumes"]["phases"][i][key]
+                text = f"{fmt.format(c['mean'])} ± {fmt.format(c['std'])}"
+                if j:
+                    d = effect_size(c["mean"], r["mean"], r["std"])
+                    text += f" (d {d:.2f})" if d is not None else " (d -)"
+                cells.append(f"{text:>28}")
+            lines.append(f"  {short:<10} {phase['label']:>5}  " + "  ".join(cells))
+    lines.append("")
+    return lines
+
+
+def _short(path):
+    text = str(path)
+    return text if len(text) <= 14 else "…" + text[-13:]
+
+
+def to_json(result):
+    return json.dumps(result, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot
+
+
+def plot(result, path):
+    """S2 curves per phase and axis for every volume, and sub-volume distributions if any."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MdiffError("--plot needs matplotlib: pip install 'mdiff[plot]' "
+                         "(or pip install matplotlib)") from None
+    vols = result["volumes"]
+    n = len(vols[0]["phases"])
+    sub = "subvolumes" in vols[0]
+    rows = 2 if sub else 1
+    fig, axes = plt.subplots(rows, max(n, 3), figsize=(4 * max(n, 3), 3.4 * rows),
+                             squeeze=False)
+    styles = {"z": "-", "y": "--", "x": ":"}
+    for i in range(n):
+        ax = axes[0, i]
+        for j, v in enumerate(vols):
+            src = v["subvolumes"]["phases"][i] if sub else v["phases"][i]
+            for axis, style in styles.items():
+                ax.plot(src["s2"][axis], style, color=f"C{j}",
+                        label=f"{_short(v['path'])} {axis}" if i == 0 else None)
+        ax.set_title(f"S2, label {vols[0]['phases'][i]['label']}")
+        ax.set_xlabel("r (voxels)")
+    axes[0, 0].legend(fontsize=7)
+    for k in range(n, axes.shape[1]):
+        axes[0, k].axis("off")
+    if sub:
+        for k, (key, short, _) in enumerate(FIGURES[:2] + FIGURES[3:]):
+            ax = axes[1, k]
+            for j, v in enumerate(vols):
+                for i in range(n):
+                    c = v["subvolumes"]["phases"][i][key]
+                    ax.errorbar(i + 0.15 * j, c["mean"], yerr=c["std"], fmt="o", color=f"C{j}",
+                                capsize=3, label=_short(v["path"]) if i == 0 and k == 0 else None)
+            ax.set_xticks(range(n), [str(p["label"]) for p in vols[0]["phases"]])
+            ax.set_title(f"{short} per sub-volume (mean ± std)")
+        axes[1, 0].legend(fontsize=7)
+        for k in range(3, axes.shape[1]):
+            axes[1, k].axis("off")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png",
+                               dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
