@@ -19,6 +19,23 @@ def label_counts(volume):
     return {int(v): int(counts[v]) for v in labels}
 
 
+def check_labels(labels, expected=None, name="volume"):
+    """Sorted labels of a volume, or MdiffError naming the file if they cannot be phases."""
+    labels = sorted(labels)
+    if len(labels) > MAX_PHASES:
+        raise MdiffError(f"{name}: {len(labels)} distinct labels; at most {MAX_PHASES} "
+                         "phases are supported (is this a grey-scale image rather than a "
+                         "segmentation?)")
+    if len(labels) < 2:
+        raise MdiffError(f"{name}: only one label ({labels[0]}) in the volume; "
+                         "a microstructure needs at least two phases")
+    if expected is not None and expected != len(labels):
+        shown = ", ".join(str(v) for v in labels[:20]) + (" ..." if len(labels) > 20 else "")
+        raise MdiffError(f"{name}: --phases {expected} given but the volume has "
+                         f"{len(labels)} labels: {shown}")
+    return labels
+
+
 class PhaseMap:
     """Sorted phase labels and the lookups between labels, indices and one-hot tensors."""
 
@@ -39,20 +56,7 @@ class PhaseMap:
     @classmethod
     def from_volume(cls, volume, expected=None, name="volume"):
         """The phase map of a label volume; ``expected`` checks the number of phases (--phases)."""
-        counts = label_counts(volume)
-        labels = sorted(counts)
-        if len(labels) > MAX_PHASES:
-            raise MdiffError(f"{name}: {len(labels)} distinct labels; at most {MAX_PHASES} "
-                             "phases are supported (is this a grey-scale image rather than a "
-                             "segmentation?)")
-        if len(labels) < 2:
-            raise MdiffError(f"{name}: only one label ({labels[0]}) in the volume; "
-                             "a microstructure needs at least two phases")
-        if expected is not None and expected != len(labels):
-            shown = ", ".join(str(v) for v in labels[:20]) + (" ..." if len(labels) > 20 else "")
-            raise MdiffError(f"{name}: --phases {expected} given but the volume has "
-                             f"{len(labels)} labels: {shown}")
-        return cls(labels)
+        return cls(check_labels(label_counts(volume), expected, name))
 
     @property
     def n(self):

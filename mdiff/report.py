@@ -14,7 +14,7 @@ from . import metrics
 from ._version import __version__
 from .errors import MdiffError
 from .io import read_volume
-from .phases import PhaseMap, label_counts
+from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
 
 # (key in a phase entry, short name for tables, format)
 FIGURES = [
@@ -57,14 +57,15 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
     warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
     volumes = [read_volume(p) for p in paths]
     label_sets = [set(label_counts(v)) for v in volumes]
+    for path, labels in zip(paths, label_sets):
+        if len(labels) > MAX_PHASES or len(paths) == 1:
+            check_labels(labels, name=str(path))
     union = sorted(set().union(*label_sets))
     for path, labels in zip(paths, label_sets):
         missing = sorted(set(union) - labels)
         if missing and len(paths) > 1:
             warn(f"{path}: labels {missing} do not occur (their phase reads as empty)")
-    if len(union) < 2:
-        raise MdiffError(f"{paths[0]}: only one label ({union[0]}) in the volume; "
-                         "a microstructure needs at least two phases")
+    check_labels(union, name=" + ".join(map(str, paths)))
     phase_map = PhaseMap(union)
     result = {"mdiff_version": __version__, "boundary": boundary, "volumes": []}
     if voxel_size is not None:

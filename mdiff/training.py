@@ -22,7 +22,7 @@ from .config import PRESETS, DiffusionConfig, TrainConfig, UNetConfig, from_dict
 from .data import CubeDataset
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import read_volume
+from .io import check_volume, read_volume
 from .phases import PhaseMap
 from .unet import UNet
 
@@ -58,8 +58,11 @@ def load_volumes(paths, phases=None, example=False):
     if not paths:
         raise MdiffError("no training data: give one or more volumes, or --example")
     volumes, metas, maps = [], [], []
-    for path in paths:
-        volume, meta = read_volume(path, with_meta=True)
+    for k, path in enumerate(paths):
+        if isinstance(path, np.ndarray):  # an array handed over by a pipeline
+            volume, meta = check_volume(path, f"array {k}"), {"voxel_size": None, "unit": None}
+        else:
+            volume, meta = read_volume(path, with_meta=True)
         maps.append(PhaseMap.from_volume(volume, phases, str(path)))
         volumes.append(volume)
         metas.append(meta)
@@ -67,7 +70,8 @@ def load_volumes(paths, phases=None, example=False):
         if pm.labels != maps[0].labels:
             raise MdiffError(f"{path}: labels {list(pm.labels)} differ from {paths[0]}'s "
                              f"{list(maps[0].labels)}; all training volumes need the same phases")
-    return volumes, maps[0], metas[0], [str(p) for p in paths]
+    names = [f"array {k}" if isinstance(p, np.ndarray) else str(p) for k, p in enumerate(paths)]
+    return volumes, maps[0], metas[0], names
 
 
 def _step_seed(seed, step):
@@ -109,7 +113,11 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
             k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
                                                              "device", "compile")})
         example = state["data"]["example"]
-        data = state["data"]["paths"] if not example else ()
+        if not data and not example:
+            data = state["data"]["paths"]
+            if not data:
+                raise MdiffError("--resume: this run was trained on in-memory arrays; pass "
+                                 "them again as data")
     else:
         if preset not in PRESETS:
             raise MdiffError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -145,7 +153,8 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
               "labels": list(phase_map.labels), "patch": tcfg.patch,
               "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
               "unit": meta["unit"],
-              "data": {"paths": [str(Path(p).resolve()) for p in data], "example": example}}
+              "data": {"paths": [str(Path(p).resolve()) for p in data
+                                 if not isinstance(p, np.ndarray)], "example": example}}
     (out / "config.json").write_text(json.dumps({**static, "preset": preset}, indent=2) + "\n")
     loss_log = out / "loss.jsonl"
     _truncate_log(loss_log, step)

@@ -1,0 +1,182 @@
+"""Training, checkpoints, resume and sampling on tiny configs (seconds on a CPU)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mdiff
+from mdiff import synth, write_volume
+from mdiff.cli import sample_main, train_main
+from mdiff.config import PRESETS
+from mdiff.data import SYMMETRIES, CubeDataset, apply_symmetry
+from mdiff.diffusion import GaussianDiffusion
+from mdiff.errors import MdiffError
+from mdiff.phases import PhaseMap
+from mdiff.unet import UNet
+
+QUIET = {"log": None}
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "three.tif"
+    write_volume(path, synth.generate((24, 24, 24), (0.5, 0.3, 0.2), (3, 17, 200), 2.0, seed=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_file):
+    out = tmp_path_factory.mktemp("run")
+    ckpt = mdiff.train([data_file], phases=3, preset="tiny", out=out,
+                       train={"steps": 6, "save_every": 3, "log_every": 3}, **QUIET)
+    return ckpt
+
+
+def test_symmetries_are_the_48_distinct_ones(rng):
+    cube = rng.integers(0, 255, (4, 4, 4))
+    images = {apply_symmetry(cube, k).tobytes() for k in range(len(SYMMETRIES))}
+    assert len(SYMMETRIES) == 48 and len(images) == 48
+
+
+def test_dataset_cuts_grid_cubes_without_whole_volume_copies(rng):
+    volume = rng.choice(np.array([0, 255], np.uint8), size=(20, 21, 22))
+    ds = CubeDataset([volume], PhaseMap([0, 255]), patch=8, stride=6, augment=False)
+    assert len(ds) == 3 * 3 * 3
+    batch = ds.batch(np.random.default_rng(0), 5)
+    assert batch.shape == (5, 2, 8, 8, 8) and batch.dtype == torch.float32
+
+
+def test_one_batch_overfit():
+    torch.manual_seed(0)
+    p = PRESETS["tiny"]
+    model = UNet(p.unet, 16)
+    process = GaussianDiffusion.from_config(p.diffusion)
+    volume = synth.generate((16, 16, 16), (0.5, 0.3, 0.2), (0, 1, 2), 2.0)
+    x0 = PhaseMap([0, 1, 2]).encode(volume)[None].repeat(2, 1, 1, 1, 1)
+    t = torch.tensor([20, 60])
+    noise = torch.randn_like(x0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = process.training_losses(model, x0, t, noise).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < first / 10
+
+
+def test_checkpoint_is_self_describing(trained):
+    state = torch.load(trained, weights_only=True)
+    assert state["format"] == "mdiff-checkpoint" and state["step"] == 6
+    assert state["labels"] == [3, 17, 200] and state["patch"] == 16
+    assert {"model", "ema", "optimizer", "scaler", "unet", "diffusion", "train"} <= set(state)
+    log = [json.loads(line) for line in (trained.parent / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6]
+
+
+def test_checkpoint_round_trip_same_outputs(trained, tmp_path):
+    gen = mdiff.load(trained, device="cpu")
+    x = torch.randn(1, 3, 16, 16, 16)
+    t = torch.tensor([50])
+    torch.save(torch.load(trained, weights_only=True), tmp_path / "copy.pt")
+    again = mdiff.load(tmp_path / "copy.pt", device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(gen.model(x, t), again.model(x, t), rtol=0, atol=0)
+
+
+def test_resume_is_bit_for_bit(data_file, tmp_path):
+    cfg = {"steps": 6, "save_every": 3, "log_every": 3}
+    straight = mdiff.train([data_file], preset="tiny", out=tmp_path / "a", train=cfg, **QUIET)
+    mdiff.train([data_file], preset="tiny", out=tmp_path / "b", train={**cfg, "steps": 3},
+                **QUIET)
+    resumed = mdiff.train(preset="tiny", out=tmp_path / "b", resume=True, train={"steps": 6},
+                          **QUIET)
+    a = torch.load(straight, weights_only=True)
+    b = torch.load(resumed, weights_only=True)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["loss"] == b["loss"]
+
+
+def test_sampling_seeded_and_labels(trained):
+    gen = mdiff.load(trained, device="cpu")
+    a = gen.sample(3, sampler="ddim", steps=5, seed=11, batch=2)
+    b = gen.sample(3, sampler="ddim", steps=5, seed=11, batch=3)
+    assert a.shape == (3, 16, 16, 16) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) <= {3, 17, 200}
+    c = gen.sample(1, size=32, sampler="ddpm", seed=1)  # tiny preset: T = 100
+    assert c.shape == (1, 32, 32, 32)
+    with pytest.raises(MdiffError, match="multiple of 2"):
+        gen.sample(1, size=15)
+
+
+def test_cli_train_and_sample(data_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main([str(data_file), "--phases", "3", "--preset", "tiny", "--out", str(run),
+                       "--steps", "4", "--log-every", "2", "--no-augment"]) == 0
+    err = capsys.readouterr().err
+    assert "steps/s" in err and "ETA" in err
+    assert json.loads((run / "config.json").read_text())["train"]["augment"] is False
+    out = tmp_path / "samples"
+    assert sample_main([str(run / "checkpoint.pt"), str(out), "-n", "2", "--steps", "3",
+                        "--seed", "4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sample_000.tif", "sample_001.tif",
+                                                      "samples.json"]
+    info = json.loads((out / "samples.json").read_text())
+    assert info["seed"] == 4 and info["labels"] == [3, 17, 200]
+    assert set(np.unique(mdiff.read_volume(out / "sample_000.tif"))) <= {3, 17, 200}
+
+
+def test_cli_bad_inputs(data_file, tmp_path, capsys):
+    def one_line(argv, main, expected):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+
+    run = str(tmp_path / "run")
+    one_line([str(data_file), "--phases", "2", "--preset", "tiny", "--out", run], train_main,
+             "labels: 3, 17, 200")
+    one_line([str(data_file), "--preset", "tiny", "--patch", "32", "--out", run], train_main,
+             "smaller than the training cube side 32")
+    one_line(["--preset", "tiny", "--out", run], train_main, "no training data")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04not a checkpoint at all")
+    one_line([str(junk), str(tmp_path / "o")], sample_main, "not a readable mdiff checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    one_line([str(foreign), str(tmp_path / "o")], sample_main, "not an mdiff checkpoint")
+    one_line([str(tmp_path / "none.pt"), str(tmp_path / "o")], sample_main, "no such")
+    assert not (tmp_path / "o").exists()
+
+
+def test_pickled_code_is_never_run(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("PWNED",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mdiff-checkpoint", "x": Evil()}, path)
+    assert sample_main([str(path), str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "PWNED" not in captured.out and "not a readable mdiff checkpoint" in captured.err
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(data_file, tmp_path):
+    from unittest import mock
+
+    cfg = {"steps": 2, "save_every": 2, "log_every": 2}
+    ckpt = mdiff.train([data_file], preset="tiny", out=tmp_path, train=cfg, **QUIET)
+    before = ckpt.read_bytes()
+    real = GaussianDiffusion.training_losses
+
+    def diverged(self, *args, **kwargs):
+        return real(self, *args, **kwargs) * float("nan")
+
+    with mock.patch.object(GaussianDiffusion, "training_losses", diverged):
+        with pytest.raises(MdiffError, match="loss became nan"):
+            mdiff.train(preset="tiny", out=tmp_path, resume=True, train={"steps": 4}, **QUIET)
+    assert ckpt.read_bytes() == before
