@@ -44,5 +44,7 @@ def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto
             "std_real (d < 0.5: within the spread of real cubes).\n\n" + table + "\n")
     (out / "comparison.md").write_text(text)
     print(text)
-    _say(f"Wrote {out / 'comparison.md'}; samples in {out / 'samples'}. A {steps}-step CPU run "
-         "learns fractions and the coarse texture only; see README for GPU-trained quality.")
+    _say(f"Wrote {out / 'comparison.md'}; samples in {out / 'samples'}. d < 0.5 means within "
+         f"the spread of real cubes; a {steps}-step CPU run is far from converged (the README's "
+         "fidelity section says what longer runs reach). Go on with: mdiff-train --resume "
+         f"--out {out / 'run'} --steps {4 * steps}")

@@ -1,0 +1,91 @@
+"""Training throughput (voxels/s) and peak memory: fp32 eager, bf16, bf16 + torch.compile.
+
+`small` on CPU, `paper` on CUDA (when there is one). Prints a table and writes
+results/train_speed_<device>.json.
+
+    python benchmarks/train_speed.py [--preset small] [--steps 10] [--device auto]
+"""
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mdiff.config import PRESETS
+from mdiff.diffusion import GaussianDiffusion
+from mdiff.training import autocast, resolve_device
+from mdiff.unet import UNet
+
+HERE = Path(__file__).resolve().parent
+
+
+def measure(preset, precision, compile_, steps, device):
+    p = PRESETS[preset]
+    torch.manual_seed(0)
+    model = UNet(p.unet, p.train.patch).to(device)
+    forward = torch.compile(model) if compile_ else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    process = GaussianDiffusion.from_config(p.diffusion)
+    shape = (p.train.batch_size, p.unet.phases) + (p.train.patch,) * 3
+    x0 = torch.randn(shape, device=device).sign()
+
+    def step():
+        t = torch.randint(0, process.num_timesteps, (shape[0],), device=device)
+        with autocast(device, precision):
+            loss = process.training_losses(forward, x0, t, torch.randn_like(x0)).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    for _ in range(3 if compile_ else 1):  # warm-up (compilation)
+        step()
+    warm = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    vox = steps * shape[0] * p.train.patch ** 3 / wall
+    return {"preset": preset, "precision": precision, "compile": compile_,
+            "steps_per_s": steps / wall, "voxels_per_s": vox, "warmup_s": warm,
+            "peak_gib": peak}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--preset", help="default: paper on CUDA, small on CPU")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    preset = args.preset or ("paper" if device.type == "cuda" else "small")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
+    rows = []
+    variants = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("bf16", True)])
+    for precision, compile_ in variants:
+        r = measure(preset, precision, compile_, args.steps, device)
+        rows.append(r)
+        peak = f"{r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else "-"
+        print(f"{preset:>6} {precision:>5} {'compile' if compile_ else 'eager':>8}  "
+              f"{r['steps_per_s']:7.2f} steps/s  {r['voxels_per_s'] / 1e6:8.2f} Mvox/s  "
+              f"peak {peak}  (warm-up {r['warmup_s']:.0f} s)", flush=True)
+    base = rows[0]["voxels_per_s"]
+    for r in rows[1:]:
+        print(f"  {r['precision']}{' + compile' if r['compile'] else ''}: "
+              f"{r['voxels_per_s'] / base:.2f}x fp32 eager")
+    out = HERE / "results" / f"train_speed_{device.type}.json"
+    out.write_text(json.dumps({"device": name, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
