@@ -37,9 +37,8 @@ class CubeDataset:
                 raise MdiffError(f"{name}: the volume {volume.shape} is smaller than the "
                                  f"training cube side {patch}; use a smaller --patch")
         self.volumes = volumes
-        self.lut = phase_map.lut()
-        if any(v.dtype == np.uint16 for v in volumes) and len(self.lut) == 256:
-            self.lut = np.concatenate([self.lut, np.full(65536 - 256, 255, np.uint8)])
+        self.lut = phase_map.lut(np.uint16 if any(v.dtype == np.uint16 for v in volumes)
+                                 else np.uint8)
         self.n = phase_map.n
         self.patch = patch
         self.stride = stride

@@ -60,13 +60,6 @@ def _in_chunks(fn, stop, threads, start=0):
         return list(pool.map(lambda job: fn(*job), jobs))
 
 
-def _label_lut(volume, phase_map):
-    lut = phase_map.lut()
-    if volume.dtype == np.uint16 and len(lut) == 256:
-        lut = np.concatenate([lut, np.full(65536 - 256, 255, np.uint8)])
-    return lut
-
-
 def _boundary(boundary):
     if boundary not in BOUNDARIES:
         raise MdiffError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
@@ -75,7 +68,7 @@ def _boundary(boundary):
 
 def window_counts(volume, phase_map, periodic=False, triples=False, threads=None):
     """Summed window statistics: (euler (n, 4) int64 [V, E, F, C], pairs (13, n), tpb, triples)."""
-    lut = _label_lut(volume, phase_map)
+    lut = phase_map.lut(volume.dtype)
     planes = volume.shape[0] if periodic else volume.shape[0] + 1
     parts = _in_chunks(lambda a0, a1: _metrics.window_counts(
         volume, lut, phase_map.n, periodic, a0, a1, triples), planes, threads)
@@ -122,7 +115,7 @@ def s2_counts(volume, phase_map, r_max, periodic=False, threads=None):
     """
     shape = volume.shape
     n = phase_map.n
-    lut = _label_lut(volume, phase_map)
+    lut = phase_map.lut(volume.dtype)
     words = (shape[2] + 63) // 64
     group = max(1, min(n, PACK_BUDGET // max(1, shape[0] * shape[1] * words * 8)))
     out = np.full((n, 3, r_max + 1), np.nan)

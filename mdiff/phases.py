@@ -62,19 +62,18 @@ class PhaseMap:
     def n(self):
         return len(self.labels)
 
-    def lut(self):
-        """uint8 table, label value → phase index (255 for values that are not a phase)."""
-        table = np.full(65536 if self.labels[-1] > 255 else 256, 255, dtype=np.uint8)
+    def lut(self, dtype=np.uint8):
+        """uint8 table, label value → phase index (255 for values that are not a phase),
+        long enough to index volumes of ``dtype`` (uint8 or uint16)."""
+        wide = self.labels[-1] > 255 or np.dtype(dtype).itemsize > 1
+        table = np.full(65536 if wide else 256, 255, dtype=np.uint8)
         table[list(self.labels)] = np.arange(self.n, dtype=np.uint8)
         return table
 
     def to_index(self, labels):
         """Label array → uint8 phase indices (same shape). Unknown labels raise MdiffError."""
         labels = np.asarray(labels)
-        table = self.lut()
-        if labels.dtype.itemsize > 1 and len(table) == 256:
-            table = np.concatenate([table, np.full(65536 - 256, 255, np.uint8)])
-        index = table[labels]
+        index = self.lut(labels.dtype)[labels]
         if (index == 255).any():
             unknown = sorted(set(np.unique(labels[index == 255]).tolist()))[:10]
             raise MdiffError(f"labels {unknown} are not among the phases {list(self.labels)}")

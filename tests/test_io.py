@@ -30,7 +30,6 @@ def test_voxel_size_kept(tmp_path, rng):
     back, meta = mdiff.read_volume(tmp_path / "v.tif", with_meta=True)
     np.testing.assert_allclose(meta["voxel_size"], (0.05, 0.025, 0.025), rtol=1e-6)
     assert meta["unit"] == "um"
-    plain, meta = mdiff.read_volume(tmp_path / "v.tif", with_meta=True), None
     mdiff.write_volume(tmp_path / "w.tif", volume)
     assert mdiff.read_volume(tmp_path / "w.tif", with_meta=True)[1]["voxel_size"] is None
 
