@@ -1,5 +1,8 @@
 """Training throughput (voxels/s) and peak memory: fp32 eager, bf16, bf16 + torch.compile.
 
+Peak memory is the allocator's peak on CUDA and the process's peak resident set on a CPU (each
+variant runs in a fresh process).
+
 `small` on CPU, `paper` on CUDA (when there is one). Prints a table and writes
 results/train_speed_<device>.json.
 
@@ -7,7 +10,9 @@ results/train_speed_<device>.json.
 """
 import argparse
 import json
+import multiprocessing
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -52,7 +57,10 @@ def measure(preset, precision, compile_, steps, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:  # this process measures one variant, so its peak resident set is that variant's
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     vox = steps * shape[0] * p.train.patch ** 3 / wall
     return {"preset": preset, "precision": precision, "compile": compile_,
             "steps_per_s": steps / wall, "voxels_per_s": vox, "warmup_s": warm,
@@ -72,10 +80,13 @@ def main(argv=None):
         f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
     rows = []
     variants = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("bf16", True)])
+    spawn = multiprocessing.get_context("spawn")
     for precision, compile_ in variants:
-        r = measure(preset, precision, compile_, args.steps, device)
+        # a fresh process per variant: CPU peak memory (max RSS) is then the variant's own
+        with spawn.Pool(1) as pool:
+            r = pool.apply(measure, (preset, precision, compile_, args.steps, device))
         rows.append(r)
-        peak = f"{r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else "-"
+        peak = f"{r['peak_gib']:.2f} GiB" + ("" if device.type == "cuda" else " RSS")
         print(f"{preset:>6} {precision:>5} {'compile' if compile_ else 'eager':>8}  "
               f"{r['steps_per_s']:7.2f} steps/s  {r['voxels_per_s'] / 1e6:8.2f} Mvox/s  "
               f"peak {peak}  (warm-up {r['warmup_s']:.0f} s)", flush=True)
