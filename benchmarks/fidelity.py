@@ -48,6 +48,7 @@ def main(argv=None):
     ap.add_argument("--ddim-steps", type=int, default=50)
     ap.add_argument("--ancestral", action="store_true", help="also sample with 1000-step DDPM")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", help="training precision of a new run (default: the preset's)")
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "fidelity"))
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
@@ -61,8 +62,10 @@ def main(argv=None):
     run_dir = Path(args.runs) / name
     resume = (run_dir / "checkpoint.pt").exists()
     ckpt = train([volume[:z_cut]], preset=args.preset, out=run_dir, resume=resume,
-                 train={"steps": args.steps, "device": args.device})
+                 train={"steps": args.steps, "device": args.device,
+                        "precision": args.precision})
     t_train = time.perf_counter() - t_start
+    train_wall = _training_wall(run_dir / "loss.jsonl")
     gen = mdiff.load(ckpt, device=args.device)
     size = gen.patch
     s2_max = size // 2
@@ -100,6 +103,8 @@ def main(argv=None):
             list(phase_map.labels), "preset": args.preset, "steps": gen.step,
             "held_out_z": [z_cut, depth], "cube": size, "real_cubes": [len(half_a), len(half_b)],
             "samples": args.samples, "device": device_name(device),
+            "precision": json.loads((run_dir / "config.json").read_text())["train"]["precision"],
+            "train_wall_s": train_wall,
             "train_wall_s_this_invocation": t_train, "ddim_wall_s": t_ddim,
             "baseline": fit, "comparisons": comparisons,
             "memorisation": {k: {"mean": float(v.mean()), "max": float(v.max())}
@@ -109,7 +114,9 @@ def main(argv=None):
     (out / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
     md = [f"# Fidelity: {Path(args.volume).name}, preset `{args.preset}`, {gen.step} steps",
           "",
-          f"Device: {info['device']}. Training cubes from z < {z_cut}; {len(half_a)} real "
+          f"Device: {info['device']}; training {info['precision']}, "
+          f"{train_wall / 60:.0f} min over all invocations. "
+          f"Training cubes from z < {z_cut}; {len(half_a)} real "
           f"{size}^3 cubes from the held-out slab are the reference, the other {len(half_b)} "
           f"the real-vs-real noise floor. {args.samples} generated volumes per sampler "
           f"(DDIM-{args.ddim_steps}: {t_ddim:.0f} s). Closed boundary, voxel units. "
@@ -123,6 +130,17 @@ def main(argv=None):
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     _plot(out / f"{name}.png", ref, described, phase_map)
     print("\n".join(md))
+
+
+def _training_wall(loss_log):
+    """Seconds of training behind a run, from its loss log (each line: steps since the last
+    line at the measured steps/s), so resumed runs count every invocation."""
+    wall, last = 0.0, 0
+    for line in loss_log.read_text().splitlines():
+        entry = json.loads(line)
+        wall += (entry["step"] - last) / entry["steps_per_s"]
+        last = entry["step"]
+    return wall
 
 
 def _plot(path, ref, described, phase_map):
