@@ -128,7 +128,8 @@ def main(argv=None):
           "| set | mean | max |", "|---|---|---|"]
     md += [f"| {k} | {v['mean']:.3f} | {v['max']:.3f} |" for k, v in info["memorisation"].items()]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
-    _plot(out / f"{name}.png", ref, described, phase_map)
+    if not evaluate.plot_sets(out / f"{name}.png", ref, described, phase_map.labels):
+        say("matplotlib missing: no plot (pip install 'mdiff[plot]')")
     print("\n".join(md))
 
 
@@ -141,29 +142,6 @@ def _training_wall(loss_log):
         wall += (entry["step"] - last) / entry["steps_per_s"]
         last = entry["step"]
     return wall
-
-
-def _plot(path, ref, described, phase_map):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot (pip install 'mdiff[plot]')", file=sys.stderr)
-        return
-    n = phase_map.n
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4))
-    for i, ax in enumerate(np.atleast_1d(axes)):
-        curve = np.mean([ref["phases"][i]["s2"][a] for a in "zyx"], axis=0)
-        ax.plot(curve, "k-", lw=2, label="real (reference half)")
-        for j, (k, got) in enumerate(described.items()):
-            ax.plot(np.mean([got["phases"][i]["s2"][a] for a in "zyx"], axis=0), color=f"C{j}",
-                    label=k)
-        ax.set_title(f"S2 (mean of z, y, x), label {phase_map.labels[i]}")
-        ax.set_xlabel("r (voxels)")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ import sys
 from pathlib import Path
 
 from . import synth
-from .evaluate import compare_sets, describe_set, format_comparisons, grid_cubes
+from .config import PRESETS
+from .errors import MdiffError
+from .evaluate import compare_sets, describe_set, format_comparisons, grid_cubes, plot_sets
 from .io import write_volume
 from .phases import PhaseMap
 from .sampling import sample_to_dir
@@ -15,6 +17,11 @@ def _say(text):
 
 
 def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto"):
+    if preset not in PRESETS:
+        raise MdiffError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    for name, value in (("--steps", steps), ("--samples", samples)):
+        if value < 1:
+            raise MdiffError(f"{name} must be at least 1, got {value}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     example = synth.generate()
@@ -44,7 +51,10 @@ def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto
             "std_real (d < 0.5: within the spread of real cubes).\n\n" + table + "\n")
     (out / "comparison.md").write_text(text)
     print(text)
-    _say(f"Wrote {out / 'comparison.md'}; samples in {out / 'samples'}. d < 0.5 means within "
+    plotted = plot_sets(out / "comparison.png", ref, {"generated": gen}, phase_map.labels)
+    wrote = f"{out / 'comparison.md'}" + (f" and {out / 'comparison.png'}" if plotted else
+                                          " (no plot without matplotlib: pip install matplotlib)")
+    _say(f"Wrote {wrote}; samples in {out / 'samples'}. d < 0.5 means within "
          f"the spread of real cubes; a {steps}-step CPU run is far from converged (the README's "
          "fidelity section says what longer runs reach). Go on with: mdiff-train --resume "
          f"--out {out / 'run'} --steps {4 * steps}")

@@ -137,3 +137,53 @@ def nearest_training_agreement(samples, volume, phase_map, patch, stride, z_rang
             per = agree.reshape(len(samples), len(SYMMETRIES), -1).amax(dim=(1, 2))
             best = np.maximum(best, per.cpu().numpy() / patch ** 3)
     return best
+
+
+def plot_sets(path, reference, sets, labels, title="real"):
+    """PNG of the comparison: per phase the S2 curves (mean of the z, y, x curves) of the
+    reference and every set, and per figure (φ, S_V, χ_V) mean ± std per phase.
+
+    ``reference`` and the values of ``sets`` are ``describe_set`` results. Returns False
+    (writing nothing) when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from .report import _save_figure
+
+    n = len(labels)
+    shown = [("volume_fraction", "phi"), ("specific_surface_area", "S_V (Crofton)"),
+             ("euler_density", "chi_V")]
+    cols = max(n, len(shown))
+    fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False)
+    everything = {f"{title} (reference)": reference, **sets}
+    for i in range(n):
+        ax = axes[0, i]
+        for j, (name, got) in enumerate(everything.items()):
+            curve = np.mean([got["phases"][i]["s2"][a] for a in "zyx"], axis=0)
+            ax.plot(curve, color="k" if j == 0 else f"C{j - 1}", lw=2 if j == 0 else 1.2,
+                    label=name)
+        ax.set_title(f"S2, label {labels[i]}")
+        ax.set_xlabel("r (voxels)")
+    axes[0, 0].legend(fontsize=7)
+    width = 0.8 / len(everything)
+    for k, (key, short) in enumerate(shown):
+        ax = axes[1, k]
+        for j, (name, got) in enumerate(everything.items()):
+            means = [got["phases"][i][key]["mean"] for i in range(n)]
+            stds = [got["phases"][i][key]["std"] for i in range(n)]
+            ax.errorbar(np.arange(n) + (j - (len(everything) - 1) / 2) * width, means,
+                        yerr=stds, fmt="o", capsize=3,
+                        color="k" if j == 0 else f"C{j - 1}", label=name)
+        ax.set_xticks(range(n), [str(label) for label in labels])
+        ax.set_xlabel("label")
+        ax.set_title(f"{short} per cube (mean ± std)")
+    for row, start in ((0, n), (1, len(shown))):
+        for k in range(start, cols):
+            axes[row, k].axis("off")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
