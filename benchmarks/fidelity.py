@@ -109,7 +109,7 @@ def main(argv=None):
     info = {"volume": str(args.volume), "shape": list(volume.shape), "labels":
             list(phase_map.labels), "preset": args.preset, "steps": gen.step,
             "held_out_z": [z_cut, depth], "cube": size, "real_cubes": [len(half_a), len(half_b)],
-            "samples": args.samples, "device": device_name(device),
+            "samples": {k: len(v) for k, v in samples.items()}, "device": device_name(device),
             "precision": json.loads((run_dir / "config.json").read_text())["train"]["precision"],
             "train_wall_s": train_wall,
             "train_wall_s_this_invocation": t_train, "ddim_wall_s": t_ddim,
