@@ -47,13 +47,16 @@ def ddpm_sample(model, diffusion, shape, generators, device="cpu", variance="bet
 
 @torch.no_grad()
 def ddim_sample(model, diffusion, shape, generators, device="cpu", eta=0.0, clip_denoised=True,
-                progress=None):
+                progress=None, x_t=None, start=None):
     """DDIM (Song et al. 2021, eq. 12) over the steps of ``diffusion`` (use ``respace(K)``):
     x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 − ᾱ_{t-1} − σ_t²) ε_θ + σ_t z,
     σ_t = η √((1 − ᾱ_{t-1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t-1}). η = 0 is deterministic; η = 1
-    with all T steps is the ancestral sampler with σ_t² = β̃_t."""
-    x = _noise(generators, shape, device)
-    total = diffusion.num_timesteps
+    with all T steps is the ancestral sampler with σ_t² = β̃_t.
+
+    ``x_t`` and ``start`` begin the chain from a given x_t at step ``start`` of ``diffusion``
+    instead of from noise at its last step (to denoise noised real volumes, as a check)."""
+    x = _noise(generators, shape, device) if x_t is None else x_t.to(device)
+    total = diffusion.num_timesteps if start is None else start + 1
     for i, step in enumerate(reversed(range(total))):
         t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
         x_start, eps = _predict(diffusion, model, x, t, clip_denoised)
