@@ -234,54 +234,47 @@ def pack_phases(const label_t[:, :, :] vol, const uint8_t[::1] lut, int p0,
                         out[p, a, b, c >> 6] |= (<uint64_t> 1) << (c & 63)
 
 
+cdef inline void _pairs_along(const uint64_t* p, Py_ssize_t stride, Py_ssize_t left,
+                              Py_ssize_t words, const Py_ssize_t[::1] offsets,
+                              int64_t[::1] cv) noexcept nogil:
+    """cv[k] += popcount(p & p + s_k·stride) over ``words`` words, for every offset s_k < left:
+    one row (a y row or a whole z slab) against the row s_k rows further on."""
+    cdef Py_ssize_t k, w, s
+    cdef const uint64_t* q
+    cdef int64_t acc
+    for k in range(offsets.shape[0]):
+        s = offsets[k]
+        if s >= left:
+            continue
+        q = p + s * stride
+        acc = 0
+        for w in range(words):
+            acc += mdiff_popcount(p[w] & q[w])
+        cv[k] += acc
+
+
 def pair_counts_z(const uint64_t[:, :, ::1] mask, const Py_ssize_t[::1] offsets,
                   Py_ssize_t z0, Py_ssize_t z1):
     """counts[k] = #{(z, y, x): z0 <= z < z1, z + s_k < D, both voxels set}, s_k = offsets[k]."""
-    cdef Py_ssize_t D = mask.shape[0], words = mask.shape[1] * mask.shape[2]
-    cdef Py_ssize_t z, k, w, s, nk = offsets.shape[0]
-    counts = np.zeros(nk, dtype=np.int64)
+    cdef Py_ssize_t D = mask.shape[0], words = mask.shape[1] * mask.shape[2], z
+    counts = np.zeros(offsets.shape[0], dtype=np.int64)
     cdef int64_t[::1] cv = counts
-    cdef const uint64_t* p
-    cdef const uint64_t* q
-    cdef int64_t acc
     with nogil:
         for z in range(z0, z1):
-            p = &mask[z, 0, 0]
-            for k in range(nk):
-                s = offsets[k]
-                if z + s >= D:
-                    continue
-                q = &mask[z + s, 0, 0]
-                acc = 0
-                for w in range(words):
-                    acc += mdiff_popcount(p[w] & q[w])
-                cv[k] += acc
+            _pairs_along(&mask[z, 0, 0], words, D - z, words, offsets, cv)
     return counts
 
 
 def pair_counts_y(const uint64_t[:, :, ::1] mask, const Py_ssize_t[::1] offsets,
                   Py_ssize_t z0, Py_ssize_t z1):
     """counts[k] = #{(z, y, x): z0 <= z < z1, y + s_k < H, both voxels set}."""
-    cdef Py_ssize_t H = mask.shape[1], words = mask.shape[2]
-    cdef Py_ssize_t z, y, k, w, s, nk = offsets.shape[0]
-    counts = np.zeros(nk, dtype=np.int64)
+    cdef Py_ssize_t H = mask.shape[1], words = mask.shape[2], z, y
+    counts = np.zeros(offsets.shape[0], dtype=np.int64)
     cdef int64_t[::1] cv = counts
-    cdef const uint64_t* p
-    cdef const uint64_t* q
-    cdef int64_t acc
     with nogil:
         for z in range(z0, z1):
             for y in range(H):
-                p = &mask[z, y, 0]
-                for k in range(nk):
-                    s = offsets[k]
-                    if y + s >= H:
-                        continue
-                    q = &mask[z, y + s, 0]
-                    acc = 0
-                    for w in range(words):
-                        acc += mdiff_popcount(p[w] & q[w])
-                    cv[k] += acc
+                _pairs_along(&mask[z, y, 0], words, H - y, words, offsets, cv)
     return counts
 
 
