@@ -1,7 +1,8 @@
 """Where does a model fail: denoising real volumes, or generating from pure noise?
 
 For held-out real cubes (the top ``--holdout`` of z, as in fidelity.py), noised to timestep t:
-- one step: ε-MSE and the voxel accuracy of argmax x̂_0(x_t, t);
+- one step: the MSE of ε̂ (whatever the objective, ε̂ is derived from the output) and the voxel
+  accuracy of argmax x̂_0(x_t, t);
 - the DDIM chain (50 re-spaced steps) from x_t down to 0: relative error of φ and S_V of the
   result against the real cubes.
 A last row starts the same chain from pure noise (ordinary generation). If the chains from
@@ -21,7 +22,7 @@ import torch
 
 import mdiff
 from mdiff import evaluate, metrics
-from mdiff.samplers import _predict, ddim_sample
+from mdiff.samplers import ddim_sample
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,9 +73,8 @@ def main(argv=None):
             t = torch.full((n,), step, dtype=torch.long)
             noise = torch.randn_like(x0)
             x_t = ddim.q_sample(x0, t, noise)
-            eps = ddim.model_eps(gen._model_fn, x_t, t)
+            x_start, eps = ddim.predict(gen._model_fn, x_t, t, clip_denoised=False)
             mse = float((eps - noise).pow(2).mean())
-            x_start, _ = _predict(ddim, gen._model_fn, x_t, t, True)
             accuracy = float((x_start.argmax(1) == x0.argmax(1)).float().mean())
             out = ddim_sample(gen._model_fn, ddim, x0.shape[1:], [None] * n, x_t=x_t,
                               start=step)

@@ -12,8 +12,12 @@
 6. write results/<name>.md, .json and .png.
 
     python benchmarks/fidelity.py ../shared/data/nmc_3phase_256.tif --preset small --steps 600
+
+Any model, diffusion or training field of a new run can be set: ``--objective eps``,
+``--set self_condition=true --set base_channels=24``.
 """
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -25,6 +29,7 @@ import torch
 
 import mdiff
 from mdiff import evaluate, synth
+from mdiff.config import DiffusionConfig, TrainConfig, UNetConfig
 from mdiff.phases import PhaseMap
 from mdiff.training import train
 
@@ -35,6 +40,22 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def parse_set(text):
+    """KEY=VALUE for a field of the model, diffusion or training config, typed like the field."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    for cls in (UNetConfig, DiffusionConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name == key and sep:
+                if isinstance(f.default, bool):
+                    return key, value.strip().lower() in ("1", "true", "yes", "on")
+                if isinstance(f.default, tuple):
+                    return key, tuple(int(v) for v in value.split(","))
+                return key, type(f.default)(value)
+    raise argparse.ArgumentTypeError(f"--set {text!r}: expected FIELD=VALUE with a field of "
+                                     "UNetConfig, DiffusionConfig or TrainConfig")
 
 
 def main(argv=None):
@@ -52,9 +73,16 @@ def main(argv=None):
                          "1000 network calls a volume against DDIM's 50)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", help="training precision of a new run (default: the preset's)")
+    ap.add_argument("--objective", choices=("x0", "eps", "v"),
+                    help="objective of a new run (default: the preset's)")
+    ap.add_argument("--set", type=parse_set, action="append", default=[], metavar="FIELD=VALUE",
+                    help="any other config field of a new run (repeatable)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "fidelity"))
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()
     volume = mdiff.read_volume(args.volume)
@@ -64,8 +92,10 @@ def main(argv=None):
     z_cut = depth - int(round(args.holdout * depth))
     run_dir = Path(args.runs) / name
     resume = (run_dir / "checkpoint.pt").exists()
+    overrides = {**dict(args.set), "objective": args.objective}
     ckpt = train([volume[:z_cut]], preset=args.preset, out=run_dir, resume=resume,
-                 train={"steps": args.steps, "device": args.device,
+                 unet=overrides, diffusion=overrides,
+                 train={**overrides, "steps": args.steps, "device": args.device,
                         "precision": args.precision})
     t_train = time.perf_counter() - t_start
     train_wall = _training_wall(run_dir / "loss.jsonl")
@@ -108,6 +138,9 @@ def main(argv=None):
     device = gen.device
     info = {"volume": str(args.volume), "shape": list(volume.shape), "labels":
             list(phase_map.labels), "preset": args.preset, "steps": gen.step,
+            "config": json.loads((run_dir / "config.json").read_text()),
+            "command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None
+                                                                     else argv),
             "held_out_z": [z_cut, depth], "cube": size, "real_cubes": [len(half_a), len(half_b)],
             "samples": {k: len(v) for k, v in samples.items()}, "device": device_name(device),
             "precision": json.loads((run_dir / "config.json").read_text())["train"]["precision"],
@@ -126,8 +159,9 @@ def main(argv=None):
     tpb_note = (" The truncated-Gaussian baseline thresholds one field, so its phases are "
                 "ordered by level and never meet all three at an edge: its TPB density is 0."
                 if base_tpb and base_tpb["mean"] == 0 else "")
-    md = [f"# Fidelity: {Path(args.volume).name}, preset `{args.preset}`, {gen.step} steps",
-          "",
+    diff = info["config"]["diffusion"]
+    md = [f"# Fidelity: {Path(args.volume).name}, preset `{args.preset}`, {gen.step} steps, "
+          f"objective `{diff.get('objective', 'eps')}`", "", f"`{info['command']}`", "",
           f"Device: {info['device']}; training {info['precision']}, "
           f"{train_wall / 60:.0f} min over all invocations. "
           f"Training cubes from z < {z_cut}; {len(half_a)} real "

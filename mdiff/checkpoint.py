@@ -3,14 +3,13 @@
 ``torch.load(path, weights_only=True)`` reads them: loading a checkpoint never runs code from
 the file. Everything needed to rebuild the model and decode samples is inside.
 """
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ._version import __version__
 from .errors import MdiffError
+from .io import atomic_path
 
 FORMAT = "mdiff-checkpoint"
 FORMAT_VERSION = 1
@@ -21,15 +20,8 @@ def save(path, state):
     path = Path(path)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "mdiff_version": __version__,
              **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load(path):

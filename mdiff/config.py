@@ -24,10 +24,22 @@ class UNetConfig:
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
 
 
+OBJECTIVES = ("x0", "eps", "v")
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     timesteps: int = _f(1000, "diffusion steps T")
     schedule: str = _f("cosine", "noise schedule: cosine (Nichol & Dhariwal) or linear")
+    objective: str = _f("x0", "what the network predicts: x0 (phase logits, cross-entropy; "
+                              "mdiff's default, see README), eps (the paper's Algorithm 1) "
+                              "or v (Salimans & Ho 2022)")
+    snr_gamma: float = _f(0.0, "min-SNR-gamma loss weight for eps and v (Hang et al. 2023); "
+                               "0 = off (plain MSE)")
+    snr_shift: float = _f(1.0, "divide the schedule's signal-to-noise ratio by shift^2 at "
+                               "every t (> 1: noisier; Hoogeboom et al. 2023, Chen 2023)")
+    self_condition: bool = _f(False, "feed the previous step's x0 estimate back as input "
+                                     "channels (Chen et al. 2022)")
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,12 @@ def override(config, values):
 
 def to_dict(config):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def diffusion_config(values):
+    """The DiffusionConfig of a checkpoint's dict. Checkpoints written before the objective
+    was a field were trained with the paper's ε-objective, so they load as ``eps``."""
+    return from_dict(DiffusionConfig, {"objective": "eps", **values})
 
 
 def from_dict(cls, values):

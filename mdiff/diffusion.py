@@ -2,14 +2,23 @@
 
 Timesteps are 0-based here: index t = 0..T-1 stands for the paper's t = 1..T. Schedules are
 float64 numpy arrays, turned into tensors by ``_extract`` only when used. The process sees the
-network only as a callable ``model(x_t, t)`` that predicts ε.
+network only as a callable ``model(x_t, t)`` (``model(x_t, t, x_self)`` with self-conditioning).
+
+What the network's output means is the *objective*, and ``GaussianDiffusion.predict`` is the one
+place that turns it into the pair (x̂_0, ε̂) every sampler works with:
+- ``eps``: the output is ε (the paper's Algorithm 1; loss ‖ε − ε_θ‖²);
+- ``x0``: the output is n phase logits; x̂_0 = 2·softmax − 1 is the posterior mean of the one-hot
+  encoding in [−1, 1] and the loss is the cross-entropy with the clean cube's phases (continuous
+  diffusion for categorical data: Dieleman et al. 2022, Chen et al. 2022);
+- ``v``: the output is v = √ᾱ ε − √(1 − ᾱ) x_0 (Salimans & Ho 2022).
 """
 import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .config import DiffusionConfig
+from .config import OBJECTIVES, DiffusionConfig
 
 
 def cosine_betas(timesteps, s=0.008, max_beta=0.999):
@@ -24,6 +33,16 @@ def linear_betas(timesteps):
     return np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64)
 
 
+def shift_betas(betas, shift):
+    """Betas whose ᾱ has the signal-to-noise ratio ᾱ/(1 − ᾱ) of ``betas`` divided by shift²
+    at every step (Hoogeboom et al. 2023, shifted schedules; Chen 2023's input scaling b = 1/shift
+    up to a rescaling of x_t). shift > 1 spends more of the process at high noise, where the
+    large-scale structure is decided."""
+    abar = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+    abar = abar / (abar + shift ** 2 * (1.0 - abar))
+    return np.clip(1.0 - abar / np.append(1.0, abar[:-1]), 0.0, 0.999)
+
+
 def _extract(array, t, ndim):
     """array[t] as a float32 tensor on t's device, shaped (N, 1, 1, 1, 1) for broadcasting."""
     out = torch.as_tensor(array, device=t.device)[t].float()
@@ -31,12 +50,21 @@ def _extract(array, t, ndim):
 
 
 class GaussianDiffusion:
-    """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0) and the ε-prediction loss.
+    """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the prediction (x̂_0, ε̂) for each
+    objective and its training loss.
 
     ``timestep_map[t]`` is the model's timestep for index t: the identity for the full process,
-    the kept timesteps for a re-spaced one (``respace``)."""
+    the kept timesteps for a re-spaced one (``respace``). ``snr_gamma`` > 0 weighs the eps and v
+    losses by min(SNR, γ)/SNR and min(SNR, γ)/(SNR + 1) (min-SNR-γ, Hang et al. 2023).
+    ``self_condition``: the model takes the previous x̂_0 as a third argument (Chen et al. 2022)."""
 
-    def __init__(self, betas, timestep_map=None):
+    def __init__(self, betas, timestep_map=None, objective="eps", snr_gamma=0.0,
+                 self_condition=False):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}: use one of {OBJECTIVES}")
+        self.objective = objective
+        self.snr_gamma = float(snr_gamma)
+        self.self_condition = bool(self_condition)
         self.betas = betas = np.asarray(betas, dtype=np.float64)
         self.num_timesteps = len(betas)
         self.timestep_map = (np.arange(len(betas)) if timestep_map is None
@@ -59,10 +87,15 @@ class GaussianDiffusion:
     @classmethod
     def from_config(cls, cfg: DiffusionConfig):
         if cfg.schedule == "cosine":
-            return cls(cosine_betas(cfg.timesteps))
-        if cfg.schedule == "linear":
-            return cls(linear_betas(cfg.timesteps))
-        raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or linear")
+            betas = cosine_betas(cfg.timesteps)
+        elif cfg.schedule == "linear":
+            betas = linear_betas(cfg.timesteps)
+        else:
+            raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or linear")
+        if cfg.snr_shift != 1.0:
+            betas = shift_betas(betas, cfg.snr_shift)
+        return cls(betas, objective=cfg.objective, snr_gamma=cfg.snr_gamma,
+                   self_condition=cfg.self_condition)
 
     def respace(self, steps):
         """A process over ``steps`` evenly spaced timesteps with the same ᾱ there
@@ -73,7 +106,8 @@ class GaussianDiffusion:
         keep = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, steps)).astype(int))
         abar = self.alphas_cumprod[keep]
         betas = 1.0 - abar / np.append(1.0, abar[:-1])
-        return GaussianDiffusion(betas, self.timestep_map[keep])
+        return GaussianDiffusion(betas, self.timestep_map[keep], self.objective, self.snr_gamma,
+                                 self.self_condition)
 
     def q_sample(self, x_start, t, noise):
         """Eq. 3: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
@@ -95,13 +129,73 @@ class GaussianDiffusion:
         return ((_extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x_start)
                 / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
 
-    def model_eps(self, model, x_t, t):
-        """ε_θ(x_t, t) with t translated to the model's timesteps, in float32."""
+    def model_output(self, model, x_t, t, x_self=None):
+        """The network's raw output in float32, t translated to the model's timesteps; with
+        self-conditioning ``x_self`` is the previous x̂_0 (zeros when there is none)."""
         t_model = torch.as_tensor(self.timestep_map, device=t.device)[t]
-        return model(x_t, t_model).float()
+        if not self.self_condition:
+            return model(x_t, t_model).float()
+        return model(x_t, t_model, torch.zeros_like(x_t) if x_self is None else x_self).float()
+
+    def predict(self, model, x_t, t, x_self=None, clip_denoised=True):
+        """(x̂_0, ε̂) of the network at (x_t, t): the one place where the objective decides how
+        its output is read. ``clip_denoised`` clips x̂_0 to [−1, 1], the range of the one-hot
+        encoding (the x0 objective's x̂_0 is inside by construction)."""
+        out = self.model_output(model, x_t, t, x_self)
+        if self.objective == "x0":
+            x_start = 2.0 * torch.softmax(out, dim=1) - 1.0
+            return x_start, self.predict_eps_from_xstart(x_t, t, x_start)
+        if self.objective == "v":
+            a = _extract(self.sqrt_alphas_cumprod, t, x_t.ndim)
+            s = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.ndim)
+            x_start, eps = a * x_t - s * out, s * x_t + a * out
+        else:
+            x_start, eps = self.predict_xstart_from_eps(x_t, t, out), out
+        if clip_denoised:
+            x_start = x_start.clamp(-1, 1)
+            eps = self.predict_eps_from_xstart(x_t, t, x_start)
+        return x_start, eps
+
+    def denoiser(self, model, clip_denoised=True):
+        """``denoise(x_t, t) -> (x̂_0, ε̂)`` for one sampling chain: what every sampler calls.
+        With self-conditioning it feeds each call the x̂_0 of the call before, so make one
+        denoiser per chain."""
+        previous = [None]
+
+        def denoise(x_t, t):
+            x_start, eps = self.predict(model, x_t, t, previous[0], clip_denoised)
+            if self.self_condition:
+                previous[0] = x_start
+            return x_start, eps
+
+        return denoise
 
     def training_losses(self, model, x_start, t, noise):
-        """Algorithm 1 / eq. 10: per-sample mean of (ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t))²."""
+        """Per-sample loss at x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (Algorithm 1):
+        eps: mean (ε − ε_θ)² (eq. 10); v: mean (v − v_θ)²; both times the min-SNR-γ weight when
+        ``snr_gamma`` > 0; x0: mean cross-entropy between the logits and the phases of x_0.
+
+        With self-conditioning, half the samples get the model's own x̂_0 (no gradient) as the
+        extra input and the others zeros, so it learns both the first step and the later ones."""
         x_t = self.q_sample(x_start, t, noise)
-        eps = self.model_eps(model, x_t, t)
-        return (noise - eps).pow(2).flatten(1).mean(1)
+        x_self = None
+        if self.self_condition:
+            x_self = torch.zeros_like(x_start)
+            use = torch.rand(x_start.shape[0], device=x_start.device) < 0.5
+            if bool(use.any()):
+                with torch.no_grad():
+                    guess, _ = self.predict(model, x_t[use], t[use])
+                x_self[use] = guess.to(x_self.dtype)
+        out = self.model_output(model, x_t, t, x_self)
+        if self.objective == "x0":
+            return F.cross_entropy(out, x_start.argmax(1), reduction="none").flatten(1).mean(1)
+        a = _extract(self.sqrt_alphas_cumprod, t, x_start.ndim)
+        s = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim)
+        target = noise if self.objective == "eps" else a * noise - s * x_start
+        loss = (target - out).pow(2).flatten(1).mean(1)
+        if self.snr_gamma > 0:
+            snr = torch.as_tensor(self.alphas_cumprod / (1.0 - self.alphas_cumprod),
+                                  device=t.device)[t].float()
+            clipped = snr.clamp(max=self.snr_gamma)
+            loss = loss * (clipped / snr if self.objective == "eps" else clipped / (snr + 1))
+        return loss

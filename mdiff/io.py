@@ -4,6 +4,7 @@ Volumes are (z, y, x) integer arrays of phase labels. A voxel size, when the TIF
 (ImageJ ``spacing`` for z and the X/YResolution tags for y and x), is returned and can be
 written back. Writing is atomic: a temporary file beside the target, then a rename.
 """
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -124,13 +125,27 @@ def write_volume(path, volume, voxel_size=None, unit=None):
         raise MdiffError(f"{path}: unknown file type {suffix!r}; use .tif, .tiff or .npy")
     if path.parent and not path.parent.exists():
         raise MdiffError(f"{path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".npy":
             np.save(tmp, np.ascontiguousarray(volume))
         else:
             _write_tiff(tmp, volume, voxel_size, unit)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path``, renamed onto it when the block ends without error and
+    removed otherwise, so ``path`` is never half-written. The file gets the permissions a plain
+    ``open`` would give (mkstemp's are private to the user)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", suffix=path.suffix,
+                               dir=path.parent or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,4 +1,6 @@
-"""Samplers: plain functions of a model callable ``model(x, t) -> ε`` and a GaussianDiffusion.
+"""Samplers: plain functions of a model callable and a GaussianDiffusion, which turns the
+model's output into (x̂_0, ε̂) for its objective (``diffusion.denoiser``): no sampler knows what
+the network predicts.
 
 Noise comes from one CPU ``torch.Generator`` per volume, so volume i of a seeded run is the
 same whatever the batch size and device. ``clip_denoised`` clips the predicted x_0 to [-1, 1],
@@ -12,15 +14,6 @@ def _noise(generators, shape, device):
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
-def _predict(diffusion, model, x, t, clip_denoised):
-    eps = diffusion.model_eps(model, x, t)
-    x_start = diffusion.predict_xstart_from_eps(x, t, eps)
-    if clip_denoised:
-        x_start = x_start.clamp(-1, 1)
-        eps = diffusion.predict_eps_from_xstart(x, t, x_start)
-    return x_start, eps
-
-
 @torch.no_grad()
 def ddpm_sample(model, diffusion, shape, generators, device="cpu", variance="beta_tilde",
                 clip_denoised=True, progress=None):
@@ -29,10 +22,11 @@ def ddpm_sample(model, diffusion, shape, generators, device="cpu", variance="bet
 
     Returns x_0 (N, *shape) in float32; ``progress(i, total)`` is called after each step."""
     x = _noise(generators, shape, device)
+    denoise = diffusion.denoiser(model, clip_denoised)
     total = diffusion.num_timesteps
     for i, step in enumerate(reversed(range(total))):
         t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
-        x_start, _ = _predict(diffusion, model, x, t, clip_denoised)
+        x_start, _ = denoise(x, t)
         mean, var = diffusion.q_posterior_mean_variance(x_start, x, t)
         if variance == "beta":
             var = torch.full_like(var, float(diffusion.betas[step]))
@@ -56,10 +50,11 @@ def ddim_sample(model, diffusion, shape, generators, device="cpu", eta=0.0, clip
     ``x_t`` and ``start`` begin the chain from a given x_t at step ``start`` of ``diffusion``
     instead of from noise at its last step (to denoise noised real volumes, as a check)."""
     x = _noise(generators, shape, device) if x_t is None else x_t.to(device)
+    denoise = diffusion.denoiser(model, clip_denoised)
     total = diffusion.num_timesteps if start is None else start + 1
     for i, step in enumerate(reversed(range(total))):
         t = torch.full((x.shape[0],), step, device=device, dtype=torch.long)
-        x_start, eps = _predict(diffusion, model, x, t, clip_denoised)
+        x_start, eps = denoise(x, t)
         abar = float(diffusion.alphas_cumprod[step])
         abar_prev = float(diffusion.alphas_cumprod_prev[step])
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5

@@ -9,7 +9,7 @@ import torch
 
 from . import checkpoint
 from ._version import __version__
-from .config import DiffusionConfig, UNetConfig, from_dict
+from .config import UNetConfig, diffusion_config, from_dict
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
 from .io import write_volume
@@ -29,14 +29,14 @@ class Generator:
         self.device = resolve_device(device)
         self.precision = precision
         self.unet_config = from_dict(UNetConfig, state["unet"])
-        self.diffusion = GaussianDiffusion.from_config(from_dict(DiffusionConfig,
-                                                                 state["diffusion"]))
+        self.diffusion_config = diffusion_config(state["diffusion"])
+        self.diffusion = GaussianDiffusion.from_config(self.diffusion_config)
         self.phase_map = PhaseMap(state["labels"])
         self.patch = int(state["patch"])
         self.step = int(state["step"])
         self.voxel_size = state.get("voxel_size")
         self.unit = state.get("unit")
-        self.model = UNet(self.unet_config, self.patch)
+        self.model = UNet(self.unet_config, self.patch, self.diffusion_config.self_condition)
         try:
             self.model.load_state_dict(state["ema" if use_ema else "model"])
         except (RuntimeError, KeyError) as exc:
@@ -44,9 +44,9 @@ class Generator:
                              f"configuration ({str(exc).splitlines()[0][:160]})") from None
         self.model.to(self.device).eval()
 
-    def _model_fn(self, x, t):
+    def _model_fn(self, x, t, *cond):
         with autocast(self.device, self.precision):
-            return self.model(x, t)
+            return self.model(x, t, *cond)
 
     def sample(self, n, size=None, sampler="ddim", steps=50, seed=None, eta=0.0, batch=None,
                variance="beta_tilde", progress=None):
@@ -121,7 +121,7 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="ddim", steps=50, seed=
         write_volume(path, volume, voxel_size=gen.voxel_size, unit=gen.unit)
         paths.append(path)
     info = {"mdiff_version": __version__, "checkpoint": str(Path(ckpt).resolve()),
-            "checkpoint_step": gen.step, "count": n, "size": int(size or gen.patch),
+            "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n, "size": int(size or gen.patch),
             "sampler": sampler, "steps": steps if sampler == "ddim" else
             gen.diffusion.num_timesteps, "eta": eta if sampler == "ddim" else None,
             "seed": gen.seed, "ema": use_ema, "precision": precision, "device": str(gen.device),

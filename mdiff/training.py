@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from . import checkpoint, synth
-from .config import PRESETS, DiffusionConfig, TrainConfig, UNetConfig, from_dict, override, to_dict
+from .config import (OBJECTIVES, PRESETS, TrainConfig, UNetConfig, diffusion_config, from_dict,
+                     override, to_dict)
 from .data import CubeDataset
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
@@ -108,7 +109,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
             raise MdiffError(f"--resume: no checkpoint at {ckpt_path}")
         state = checkpoint.load(ckpt_path)
         ucfg = from_dict(UNetConfig, state["unet"])
-        dcfg = from_dict(DiffusionConfig, state["diffusion"])
+        dcfg = diffusion_config(state["diffusion"])
         tcfg = override(from_dict(TrainConfig, state["train"]), {
             k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
                                                              "device", "compile")})
@@ -134,7 +135,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     device = resolve_device(tcfg.device)
 
     torch.manual_seed(tcfg.seed)
-    model = UNet(ucfg, tcfg.patch).to(device)
+    model = UNet(ucfg, tcfg.patch, dcfg.self_condition).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
@@ -237,6 +238,14 @@ def _check(ucfg, dcfg, tcfg):
         raise MdiffError(f"--precision must be one of {list(PRECISIONS)}")
     if dcfg.schedule not in ("cosine", "linear"):
         raise MdiffError(f"--schedule must be cosine or linear, got {dcfg.schedule!r}")
+    if dcfg.objective not in OBJECTIVES:
+        raise MdiffError(f"--objective must be one of {', '.join(OBJECTIVES)}, "
+                         f"got {dcfg.objective!r}")
+    if dcfg.snr_gamma < 0 or not dcfg.snr_shift > 0:
+        raise MdiffError("--snr-gamma must be >= 0 and --snr-shift > 0")
+    if dcfg.snr_gamma > 0 and dcfg.objective == "x0":
+        raise MdiffError("--snr-gamma weighs the eps and v losses; the x0 objective's "
+                         "cross-entropy has no SNR weight (use --objective eps or v)")
     for name in ("steps", "batch_size", "save_every", "log_every", "timesteps"):
         cfg = dcfg if name == "timesteps" else tcfg
         if getattr(cfg, name) < 1:

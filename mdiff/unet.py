@@ -106,13 +106,16 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε_θ: (N, phases, S, S, S) noisy cube and (N,) timesteps → predicted noise, same shape.
+    """(N, phases, S, S, S) noisy cube and (N,) timesteps → (N, phases, S, S, S): ε, v or phase
+    logits, as the diffusion's objective reads it.
 
     ``patch`` is the training cube side: attention runs at the levels whose side is in
     ``cfg.attention_sizes`` for that side, and keeps those levels at other sample sizes.
+    ``self_condition``: a third input, the previous x̂_0 (N, phases, S, S, S), enters as extra
+    channels of the first convolution.
     """
 
-    def __init__(self, cfg: UNetConfig, patch: int):
+    def __init__(self, cfg: UNetConfig, patch: int, self_condition: bool = False):
         super().__init__()
         self.cfg = cfg
         levels = len(cfg.channel_mult)
@@ -122,7 +125,8 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
                                         nn.Linear(emb_dim, emb_dim))
-        self.input = conv(cfg.phases, ch, periodic=cfg.periodic)
+        self.self_condition = self_condition
+        self.input = conv(cfg.phases * (2 if self_condition else 1), ch, periodic=cfg.periodic)
         self.down = nn.ModuleList()
         skips = [ch]
         for level, mult in enumerate(cfg.channel_mult):
@@ -166,8 +170,10 @@ class UNet(nn.Module):
                 h = block(h, emb)
         return h
 
-    def forward(self, x, t):
+    def forward(self, x, t, x_self=None):
         emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
+        if self.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if x_self is None else x_self.to(x.dtype)], 1)
         h = self.input(x)
         hs = [h]
         for blocks in self.down:

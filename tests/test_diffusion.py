@@ -103,3 +103,104 @@ def test_ddim_from_a_noised_volume_with_the_true_noise_returns_it():
         got = ddim_sample(oracle, process, x0.shape[1:], [None, None], x_t=x_t, start=start)
         torch.testing.assert_close(got, x0, rtol=1e-4, atol=1e-4)
         assert seen == process.timestep_map[start::-1].tolist()  # steps start, ..., 0
+
+
+# --- objectives: the one place that reads the network's output -------------------------------
+
+def _known(process, seed=0):
+    torch.manual_seed(seed)
+    index = torch.randint(0, 3, (2, 5, 6, 7))
+    x0 = torch.nn.functional.one_hot(index, 3).movedim(-1, 1).float() * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([3, process.num_timesteps - 5])
+    return x0, noise, t, process.q_sample(x0, t, noise)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_predict_of_the_exact_output_recovers_x0_and_eps(objective):
+    """Feed each objective the output a perfect network would give: x̂_0 and ε̂ are the truth."""
+    process = GaussianDiffusion(cosine_betas(100), objective=objective)
+    x0, noise, t, x_t = _known(process)
+    a = torch.as_tensor(process.sqrt_alphas_cumprod, dtype=torch.float32)[t].view(-1, 1, 1, 1, 1)
+    s = torch.as_tensor(process.sqrt_one_minus_alphas_cumprod,
+                        dtype=torch.float32)[t].view(-1, 1, 1, 1, 1)
+    exact = {"eps": noise, "v": a * noise - s * x0, "x0": 60.0 * x0}[objective]
+    x_start, eps = process.predict(lambda x, tt: exact, x_t, t, clip_denoised=False)
+    torch.testing.assert_close(x_start, x0, rtol=0, atol=1e-4)
+    torch.testing.assert_close(eps[1], noise[1], rtol=0, atol=1e-3)
+    # at t = 3 ε̂ = (x_t − √ᾱ x̂_0)/√(1 − ᾱ) amplifies x̂_0's float error by √(ᾱ/(1 − ᾱ))
+    torch.testing.assert_close(eps[0], noise[0], rtol=0, atol=2e-2)
+
+
+def test_x0_prediction_is_the_posterior_mean_of_the_one_hot():
+    process = GaussianDiffusion(cosine_betas(50), objective="x0")
+    logits = torch.randn(2, 4, 3, 3, 3)
+    x_t = torch.randn_like(logits)
+    t = torch.tensor([10, 40])
+    x_start, eps = process.predict(lambda x, tt: logits, x_t, t)
+    p = torch.softmax(logits, 1)
+    torch.testing.assert_close(x_start, p * 1 + (1 - p) * -1)  # E[one-hot in {-1, 1}]
+    assert x_start.sum(1).allclose(torch.full((2, 3, 3, 3), 2.0 - 4.0))
+    torch.testing.assert_close(eps, process.predict_eps_from_xstart(x_t, t, x_start))
+
+
+def test_losses_match_hand_written_formulas():
+    betas = cosine_betas(100)
+    x0, noise, t, _ = _known(GaussianDiffusion(betas))
+    out = torch.randn_like(x0)
+    model = lambda x, tt: out
+    abar = torch.as_tensor(np.cumprod(1 - betas), dtype=torch.float32)[t]
+    snr = abar / (1 - abar)
+    ce = GaussianDiffusion(betas, objective="x0").training_losses(model, x0, t, noise)
+    logp = torch.log_softmax(out, 1)
+    hand = -(logp * (x0 + 1) / 2).sum(1).flatten(1).mean(1)
+    torch.testing.assert_close(ce, hand)
+    mse = (noise - out).pow(2).flatten(1).mean(1)
+    weighted = GaussianDiffusion(betas, objective="eps", snr_gamma=5.0).training_losses(
+        model, x0, t, noise)
+    torch.testing.assert_close(weighted, mse * snr.clamp(max=5) / snr)
+    v = abar.sqrt().view(-1, 1, 1, 1, 1) * noise - (1 - abar).sqrt().view(-1, 1, 1, 1, 1) * x0
+    got = GaussianDiffusion(betas, objective="v", snr_gamma=5.0).training_losses(
+        model, x0, t, noise)
+    torch.testing.assert_close(got, (v - out).pow(2).flatten(1).mean(1)
+                               * snr.clamp(max=5) / (snr + 1))
+
+
+def test_snr_shift_divides_the_snr_everywhere():
+    from mdiff.diffusion import shift_betas
+
+    base = GaussianDiffusion(cosine_betas(1000))
+    shifted = GaussianDiffusion(shift_betas(base.betas, 2.0))
+    snr = lambda p: p.alphas_cumprod / (1 - p.alphas_cumprod)
+    np.testing.assert_allclose(snr(shifted) * 4, snr(base), rtol=1e-5)
+    same = GaussianDiffusion.from_config(DiffusionConfig(snr_shift=1.0))
+    np.testing.assert_array_equal(same.betas, base.betas)
+
+
+def test_self_conditioning_feeds_the_previous_estimate():
+    process = GaussianDiffusion(cosine_betas(30), objective="x0",
+                                self_condition=True).respace(4)
+    seen = []
+
+    def model(x, t, x_self):
+        seen.append(x_self.clone())
+        return torch.full_like(x, 0.0) + 0.01 * t.float().view(-1, 1, 1, 1, 1) * torch.arange(
+            x.shape[1]).float().view(1, -1, 1, 1, 1)
+
+    ddim_sample(model, process, (3, 2, 2, 2), [torch.Generator().manual_seed(0)])
+    assert len(seen) == 4 and torch.count_nonzero(seen[0]) == 0
+    for step, previous in zip(seen[1:], seen[:-1]):
+        assert torch.count_nonzero(step) > 0 and not torch.equal(step, previous)
+    # the estimate fed at call k+1 is x̂_0 of call k: softmax of that call's logits
+    t_first = int(process.timestep_map[-1])
+    expected = 2 * torch.softmax(0.01 * t_first * torch.arange(3.0), 0) - 1
+    torch.testing.assert_close(seen[1][0, :, 0, 0, 0], expected)
+
+
+def test_ddim_from_noised_volume_with_an_x0_oracle_returns_it():
+    process = GaussianDiffusion(cosine_betas(200), objective="x0").respace(20)
+    x0, _, _, _ = _known(process, seed=4)
+    oracle = lambda x, t: 50.0 * x0
+    x_t = process.q_sample(x0, torch.full((2,), 12), torch.randn_like(x0))
+    got = ddim_sample(oracle, process, x0.shape[1:], [None, None], x_t=x_t, start=12)
+    torch.testing.assert_close(got, x0, rtol=0, atol=1e-3)

@@ -90,3 +90,21 @@ def test_write_refuses_bad_volume(tmp_path):
     with pytest.raises(MdiffError, match="folder"):
         mdiff.write_volume(tmp_path / "no" / "x.tif", np.zeros((2, 2, 2), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_umask_permissions_not_private(tmp_path):
+    import os
+    import stat
+
+    from mdiff.checkpoint import save
+
+    mask = os.umask(0o022)
+    try:
+        mdiff.write_volume(tmp_path / "a.tif", np.array([[[0, 255]]], np.uint8))
+        mdiff.write_volume(tmp_path / "a.npy", np.array([[[0, 255]]], np.uint8))
+        save(tmp_path / "c.pt", {"x": 1})
+    finally:
+        os.umask(mask)
+    for name in ("a.tif", "a.npy", "c.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "a.tif", "c.pt"]

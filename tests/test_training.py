@@ -180,3 +180,41 @@ def test_nan_loss_stops_and_keeps_checkpoint(data_file, tmp_path):
         with pytest.raises(MdiffError, match="loss became nan"):
             mdiff.train(preset="tiny", out=tmp_path, resume=True, train={"steps": 4}, **QUIET)
     assert ckpt.read_bytes() == before
+
+
+def test_objectives_train_save_and_sample(data_file, tmp_path):
+    """Every objective and option trains, is recorded in the checkpoint and samples."""
+    for extra in ({"objective": "eps"}, {"objective": "v", "snr_gamma": 5.0},
+                  {"objective": "x0", "self_condition": True, "snr_shift": 2.0}):
+        out = tmp_path / extra["objective"]
+        ckpt = mdiff.train([data_file], preset="tiny", out=out, diffusion=extra,
+                           train={"steps": 2}, **QUIET)
+        state = torch.load(ckpt, weights_only=True)
+        assert {k: state["diffusion"][k] for k in extra} == extra
+        gen = mdiff.load(ckpt, device="cpu")
+        assert gen.diffusion.objective == extra["objective"]
+        assert set(np.unique(gen.sample(1, steps=3, seed=0))) <= {3, 17, 200}
+
+
+def test_default_objective_is_x0_and_old_checkpoints_load_as_eps(trained, tmp_path):
+    state = torch.load(trained, weights_only=True)
+    assert state["diffusion"]["objective"] == "x0"
+    assert all(p.diffusion.objective == "x0" for p in PRESETS.values())
+    del state["diffusion"]["objective"]  # as written before the objective was a field
+    torch.save(state, tmp_path / "old.pt")
+    assert mdiff.load(tmp_path / "old.pt", device="cpu").diffusion.objective == "eps"
+
+
+def test_cli_objective_flags(data_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(run), "--steps", "2",
+                       "--objective", "v", "--snr-gamma", "5"]) == 0
+    assert json.loads((run / "config.json").read_text())["diffusion"]["objective"] == "v"
+    assert sample_main([str(run / "checkpoint.pt"), str(tmp_path / "s"), "-n", "1",
+                        "--steps", "2"]) == 0
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["objective"] == "v"
+    capsys.readouterr()
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r2"),
+                       "--snr-gamma", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use --objective eps or v" in err
