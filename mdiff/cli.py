@@ -167,10 +167,25 @@ def metrics_main(argv=None):
     parser.add_argument("--voxel-size", type=float, metavar="L",
                         help="isotropic voxel size: S_V per length, chi_V per volume")
     parser.add_argument("--plot", metavar="FILE.png", help="S2 curves (and sub-volume figures)")
+    parser.add_argument("--transport", action="store_true",
+                        help="also percolation (6-connected), effective diffusivity D_eff/D and "
+                             "tortuosity factor per phase and axis (steady diffusion, "
+                             "TauFactor's convention)")
+    parser.add_argument("--transport-tol", type=float, default=1e-3, metavar="TOL",
+                        help="stop the diffusion solver when the flux through every plane "
+                             "agrees to this relative spread")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the diffusion solver: cpu, cuda, cuda:N")
 
     def body(args):
         from . import report
 
+        if args.transport and not 0 < args.transport_tol < 1:
+            raise MdiffError("--transport-tol must be between 0 and 1")
+        if args.transport and args.device != "cpu":
+            from .training import resolve_device
+
+            resolve_device(args.device)
         if args.s2_max < 0:
             raise MdiffError("--s2-max must be >= 0")
         if args.subvolume is not None and args.subvolume < 2:
@@ -178,7 +193,8 @@ def metrics_main(argv=None):
         if args.voxel_size is not None and not args.voxel_size > 0:
             raise MdiffError("--voxel-size must be positive")
         result = report.measure(args.files, args.s2_max, args.boundary, args.subvolume,
-                                args.voxel_size)
+                                args.voxel_size, transport=args.transport,
+                                transport_tol=args.transport_tol, device=args.device)
         print(report.to_json(result) if args.json else report.format_report(result))
         if args.plot:
             report.plot(result, args.plot)

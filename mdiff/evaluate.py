@@ -11,7 +11,7 @@ import torch
 from . import metrics, synth
 from .data import SYMMETRIES, apply_symmetry
 from .phases import one_hot
-from .report import FIGURES, effect_size, mean_abs_difference, summarise
+from .report import effect_size, mean_abs_difference, summarise, summary_figures
 
 
 def grid_cubes(volume, size, z_range=None):
@@ -23,9 +23,11 @@ def grid_cubes(volume, size, z_range=None):
             for c in range(0, volume.shape[2] - size + 1, size)]
 
 
-def describe_set(cubes, phase_map, s2_max, boundary="closed"):
-    return summarise([metrics.describe(c, phase_map, s2_max, boundary, threads=1)
-                      for c in cubes])
+def describe_set(cubes, phase_map, s2_max, boundary="closed", transport=False):
+    """Mean ± std of every figure over cubes (``transport``: also the percolating fraction
+    and D_eff/D, each the mean over the three axes of a cube)."""
+    return summarise([metrics.describe(c, phase_map, s2_max, boundary, threads=1,
+                                       transport=transport) for c in cubes])
 
 
 def compare_sets(reference, other):
@@ -33,7 +35,7 @@ def compare_sets(reference, other):
     rows = []
     for rp, op in zip(reference["phases"], other["phases"]):
         row = {"label": rp["label"]}
-        for key, _, _ in FIGURES:
+        for key, _, _ in summary_figures(rp):
             r, o = rp[key], op[key]
             row[key] = {"reference_mean": r["mean"], "reference_std": r["std"],
                         "mean": o["mean"], "std": o["std"],
@@ -61,7 +63,7 @@ def format_comparisons(reference, others, title="real"):
             + " | ".join(f"{n} (mean ± std) | rel. err | d" for n in names) + " |")
     lines = [head, "|" + "---|" * (2 + 1 + 3 * len(names))]
     for i, rp in enumerate(reference["phases"]):
-        for key, short, fmt in FIGURES:
+        for key, short, fmt in summary_figures(rp):
             r = rp[key]
             cells = [f"{fmt.format(r['mean'])} ± {fmt.format(r['std'])}"]
             for n in names:

@@ -21,6 +21,7 @@ from . import _metrics
 from .errors import MdiffError
 from .io import check_volume
 from .phases import PhaseMap
+from .transport import tortuosity  # noqa: F401  (public API: mdiff.metrics.tortuosity)
 
 BOUNDARIES = ("closed", "periodic")
 PACK_BUDGET = 512 * 2**20
@@ -189,6 +190,18 @@ def surface_area(mask, method="crofton", periodic=False):
     raise MdiffError(f"surface_area method must be 'crofton' or 'faces', got {method!r}")
 
 
+def percolation(mask, axis="z"):
+    """(percolating fraction, isolated fraction) of the mask's voxels along ``axis``: those in
+    6-connected clusters touching both window faces normal to the axis, and those in clusters
+    touching no face at all. (None, None) for an empty mask."""
+    from .transport import cluster_faces, fractions
+
+    if axis not in ("z", "y", "x"):
+        raise MdiffError(f"axis must be z, y or x, got {axis!r}")
+    volume, phases = _mask_volume(mask)
+    return fractions(cluster_faces(volume, phases, 1), axis)
+
+
 def two_point_correlation(mask, r_max, periodic=False):
     """S2(r) = P(x and x + r e in the mask), shape (3, r_max + 1), rows z, y, x.
 
@@ -204,11 +217,15 @@ def two_point_correlation(mask, r_max, periodic=False):
 
 
 def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=None, path=None,
-             threads=None):
+             threads=None, transport=False, transport_tol=None, device="cpu"):
     """All figures of every phase: one entry of the ``volumes`` list of ``mdiff-metrics --json``.
 
     ``s2_max`` is clipped to the smallest axis length − 1. With ``voxel_size`` (isotropic, in
     any unit), S_V is per unit length and χ_V per unit volume; S2 keeps voxel steps.
+    ``transport``: also each phase's ``"transport"``, per axis z, y, x: percolating and isolated
+    fractions (6-connectivity), D_eff/D and τ (``None`` when nothing percolates, i.e. τ = ∞),
+    with the solver's iterations, flux spread and convergence (``mdiff.transport``). They do
+    not depend on the voxel size and always use the closed boundary (Dirichlet faces).
     """
     volume = check_volume(volume, name=str(path or "volume"))
     periodic = _boundary(boundary)
@@ -242,6 +259,14 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     }
     if voxel_size is not None:
         entry["voxel_size"] = scale
+    if transport:
+        from . import transport as tr
+
+        tol = tr.DEFAULT_TOL if transport_tol is None else transport_tol
+        for phase, figures in zip(phases, tr.transport(volume, phase_map, tol=tol,
+                                                       device=device)):
+            phase["transport"] = {axis: {k: (None if v == math.inf else v)
+                                         for k, v in f.items()} for axis, f in figures.items()}
     if triples is not None:
         entry["tpb_density_per_triple"] = {
             "-".join(str(phase_map.labels[x]) for x in (i, j, k)): int(triples[i, j, k]) / n_vox

@@ -1,0 +1,191 @@
+"""Percolation and tortuosity against independent references: scipy's labelling, a sparse
+direct solve of the same finite-volume problem written out voxel by voxel, analytic shapes,
+and TauFactor where it is installed."""
+import math
+
+import numpy as np
+import pytest
+
+from mdiff import metrics, synth, transport
+from mdiff.cli import metrics_main
+from mdiff.phases import PhaseMap
+
+ndimage = pytest.importorskip("scipy.ndimage")
+sparse = pytest.importorskip("scipy.sparse")
+
+
+def _faces_reference(mask):
+    """Per voxel of the mask: 64 | faces its 6-connected cluster touches (scipy labelling)."""
+    labels, count = ndimage.label(mask)
+    out = np.zeros(mask.shape, np.uint8)
+    for k in range(1, count + 1):
+        where = labels == k
+        bits = 64
+        for axis, (lo, hi) in enumerate(((1, 2), (4, 8), (16, 32))):
+            if np.take(where, 0, axis).any():
+                bits |= lo
+            if np.take(where, -1, axis).any():
+                bits |= hi
+        out[where] = bits
+    return out
+
+
+@pytest.mark.parametrize("shape,order", [((6, 7, 9), "C"), ((11, 5, 8), "F"), ((1, 9, 4), "C")])
+def test_cluster_faces_match_scipy_labelling(rng, shape, order):
+    for fraction in (0.3, 0.55, 0.8):
+        volume = np.asarray(np.where(rng.random(shape) < fraction, 200, 7).astype(np.uint8),
+                            order=order)
+        pm = PhaseMap([7, 200])
+        for phase, label in enumerate(pm.labels):
+            got = transport.cluster_faces(volume, pm, phase)
+            np.testing.assert_array_equal(got, _faces_reference(volume == label))
+
+
+def test_cluster_faces_strided_and_uint16_input(rng):
+    big = rng.choice(np.array([0, 300, 9000], np.uint16), size=(14, 15, 16))
+    view = big[1::2, ::-1, 2:13]
+    pm = PhaseMap([0, 300, 9000])
+    before = big.copy()
+    for phase, label in enumerate(pm.labels):
+        np.testing.assert_array_equal(transport.cluster_faces(view, pm, phase),
+                                      _faces_reference(view == label))
+    np.testing.assert_array_equal(big, before)
+
+
+def test_percolation_fractions(rng):
+    mask = rng.random((12, 13, 14)) < 0.4
+    faces = _faces_reference(mask)
+    labels, _ = ndimage.label(mask)
+    for axis, k in zip("zyx", range(3)):
+        first = set(np.unique(np.take(labels, 0, k))) - {0}
+        last = set(np.unique(np.take(labels, -1, k))) - {0}
+        through = np.isin(labels, list(first & last)).sum() / mask.sum()
+        got_through, got_isolated = transport.fractions(faces, axis)
+        assert metrics.percolation(mask, axis) == (got_through, got_isolated)
+        assert got_through == pytest.approx(through, abs=1e-12)
+        assert got_isolated == pytest.approx((faces == 64).sum() / mask.sum(), abs=1e-12)
+
+
+def _reference_deff(active):
+    """The same finite-volume problem assembled entry by entry and solved directly."""
+    length, height, width = active.shape
+    index = -np.ones(active.shape, int)
+    index[active] = np.arange(active.sum())
+    rows, cols, vals = [], [], []
+    b = np.zeros(active.sum())
+    for (a, y, x), i in np.ndenumerate(index):
+        if i < 0:
+            continue
+        diag = 0.0
+        for da, dy, dx in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+            na, ny, nx = a + da, y + dy, x + dx
+            if 0 <= na < length and 0 <= ny < height and 0 <= nx < width and index[na, ny, nx] >= 0:
+                rows.append(i), cols.append(index[na, ny, nx]), vals.append(-1.0)
+                diag += 1
+        if a == 0:
+            diag += 2
+            b[i] += 2.0
+        if a == length - 1:
+            diag += 2
+        rows.append(i), cols.append(i), vals.append(diag)
+    from scipy.sparse.linalg import spsolve
+
+    c = spsolve(sparse.csr_matrix((vals, (rows, cols))), b)
+    inflow = sum(2 * (1 - c[index[0, y, x]]) for y in range(height) for x in range(width)
+                 if index[0, y, x] >= 0)
+    return inflow * length / (height * width)
+
+
+@pytest.mark.parametrize("seed,fraction", [(0, 0.45), (1, 0.6), (2, 0.75)])
+def test_solver_matches_a_direct_sparse_solve(seed, fraction):
+    rng = np.random.default_rng(seed)
+    volume = (rng.random((9, 8, 10)) < fraction).astype(np.uint8)
+    pm = PhaseMap([0, 1])
+    faces = transport.cluster_faces(volume, pm, 1)
+    for axis, k in zip("zyx", range(3)):
+        lo, hi = transport.FACES[axis]
+        active = np.moveaxis((faces & (lo | hi)) == (lo | hi), k, 0)
+        want = _reference_deff(active) if active.any() else 0.0
+        got = transport.transport(volume, pm, axes=axis, tol=1e-4)[1][axis]
+        assert got["effective_diffusivity"] == pytest.approx(want, rel=2e-4, abs=1e-7)
+        if want > 0:
+            assert got["tortuosity_factor"] == pytest.approx(volume.mean() / want, rel=2e-4)
+            assert got["converged"] and got["flux_spread"] <= 1e-4
+
+
+def test_analytic_shapes():
+    # straight channels along z: tau 1 along, no path across
+    channels = np.zeros((10, 8, 9), np.uint8)
+    channels[:, 2, 3] = 1
+    channels[:, 5, 4:7] = 1
+    assert transport.tortuosity(channels, "z") == pytest.approx((1.0, channels.mean()),
+                                                                rel=1e-5)
+    assert transport.tortuosity(channels, "y") == (math.inf, 0.0)
+    # a full block: tau 1 along every axis
+    for axis in "zyx":
+        assert transport.tortuosity(np.ones((7, 5, 6), np.uint8), axis)[0] == pytest.approx(
+            1.0, rel=1e-5)
+    # two slabs in parallel with the flow: D_eff is their arithmetic mean (1 and 0 weighted by
+    # area), tau 1; in series (a blocking slab across the flow) the harmonic mean, 0
+    slabs = np.zeros((12, 10, 10), np.uint8)
+    slabs[:, :3] = 1
+    slabs[:, 6:8] = 1
+    tau, d_eff = transport.tortuosity(slabs, "z")
+    assert d_eff == pytest.approx(slabs.mean(), rel=1e-5) and tau == pytest.approx(1, rel=1e-5)
+    assert transport.tortuosity(slabs, "y") == (math.inf, 0.0)
+    # one isolated voxel neither percolates nor touches a face
+    dot = np.zeros((5, 5, 5), np.uint8)
+    dot[2, 2, 2] = 1
+    got = transport.transport(dot)[1]
+    for axis in "zyx":
+        assert got[axis]["percolating_fraction"] == 0 and got[axis]["isolated_fraction"] == 1
+        assert got[axis]["tortuosity_factor"] == math.inf and not got[axis]["percolates"]
+
+
+def test_absent_phase_and_thin_volume_give_notes_not_errors():
+    volume = np.zeros((1, 6, 7), np.uint8)
+    volume[:, :, 3:] = 255
+    pm = PhaseMap([0, 127, 255])
+    got = transport.transport(volume, pm)
+    assert got[1]["z"]["note"] == "phase absent" and got[1]["z"]["percolating_fraction"] is None
+    assert "1 voxel thick" in got[0]["z"]["note"]
+    assert got[2]["x"]["tortuosity_factor"] == math.inf
+    assert got[2]["y"]["tortuosity_factor"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_taufactor_agrees_within_one_percent():
+    tau_factor = pytest.importorskip("taufactor")
+    for phases, (fractions, labels) in {2: ((0.45, 0.55), (0, 255)),
+                                        3: ((0.4, 0.35, 0.25), (0, 127, 255))}.items():
+        volume = synth.generate((40, 40, 40), fractions, labels, 2.0, seed=phases)
+        ours = transport.transport(volume, tol=1e-3)
+        for i, label in enumerate(labels):
+            for k, axis in enumerate("zyx"):
+                if not ours[i][axis]["percolates"]:
+                    continue
+                # TauFactor flows along its first axis
+                img = np.moveaxis(volume == label, k, 0).astype(np.uint8)
+                solver = tau_factor.Solver(img, device="cpu")
+                solver.solve(verbose=False, conv_crit=1e-3)
+                theirs = float(np.asarray(solver.tau).ravel()[0])
+                assert ours[i][axis]["tortuosity_factor"] == pytest.approx(theirs, rel=0.01), \
+                    (label, axis)
+
+
+def test_metrics_cli_transport(tmp_path, capsys):
+    import json
+
+    from mdiff import write_volume
+
+    path = tmp_path / "v.tif"
+    write_volume(path, synth.generate((16, 16, 16), (0.5, 0.3, 0.2), (0, 127, 255), 2.0, 3))
+    assert metrics_main([str(path), str(path), "--transport", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    phase = out["volumes"][0]["phases"][0]
+    assert set(phase["transport"]) == {"z", "y", "x"}
+    assert {"percolating_fraction", "isolated_fraction", "effective_diffusivity",
+            "tortuosity_factor"} <= set(phase["transport"]["z"])
+    assert "transport" in out["comparison"][0]["phases"][0]
+    assert metrics_main([str(path), "--transport"]) == 0
+    text = capsys.readouterr().out
+    assert "tortuosity" in text and "6-connected" in text
