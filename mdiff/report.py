@@ -248,8 +248,8 @@ def format_report(result):
             "clusters touching no face; D_eff/D from steady diffusion in the phase with unit "
             "concentration difference between those faces (half a voxel beyond the end "
             "voxels) and no flux elsewhere; tau = tortuosity factor = phi D / D_eff "
-            "(TauFactor's convention, inf: no path). Solved by preconditioned CG to a flux spread of {t['tolerance']:g} on "
-            f"{t['device']}; * = not converged to it.")
+            "(TauFactor's convention, inf: no path). Solved by preconditioned CG to a flux "
+            f"spread of {t['tolerance']:g} on {t['device']}; * = not converged to it.")
     return "\n".join(lines)
 
 

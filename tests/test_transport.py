@@ -188,4 +188,4 @@ def test_metrics_cli_transport(tmp_path, capsys):
     assert "transport" in out["comparison"][0]["phases"][0]
     assert metrics_main([str(path), "--transport"]) == 0
     text = capsys.readouterr().out
-    assert "tortuosity" in text and "6-connected" in text
+    assert "tortuosity" in text and "6-connected" in text and "flux spread of 0.001" in text
