@@ -78,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--set", type=parse_set, action="append", default=[], metavar="FIELD=VALUE",
                     help="any other config field of a new run (repeatable)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--transport", action="store_true",
+                    help="also compare percolating fraction and D_eff/D (mean over the axes)")
     ap.add_argument("--runs", default=str(HERE.parent / "runs" / "fidelity"))
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
@@ -126,10 +128,11 @@ def main(argv=None):
     baseline = [synth.generate((size,) * 3, fit["fractions"], phase_map.labels, fit["length"],
                                seed=100 + k) for k in range(max(args.samples, len(half_b)))]
 
-    ref = evaluate.describe_set(half_a, phase_map, s2_max)
+    ref = evaluate.describe_set(half_a, phase_map, s2_max, transport=args.transport)
     sets = {"real (other half)": half_b, **{k: list(v) for k, v in samples.items()},
             f"Gaussian baseline (l={fit['length']})": baseline}
-    described = {k: evaluate.describe_set(v, phase_map, s2_max) for k, v in sets.items()}
+    described = {k: evaluate.describe_set(v, phase_map, s2_max, transport=args.transport)
+                 for k, v in sets.items()}
     comparisons = {k: evaluate.compare_sets(ref, v) for k, v in described.items()}
     memo = {k: evaluate.nearest_training_agreement(list(v), volume, phase_map, size,
                                                    max(size // 4, 1), (0, z_cut))
@@ -167,7 +170,10 @@ def main(argv=None):
           f"Training cubes from z < {z_cut}; {len(half_a)} real "
           f"{size}^3 cubes from the held-out slab are the reference, the other {len(half_b)} "
           f"the real-vs-real noise floor. Generated: {made}. Closed boundary, voxel units. "
-          "rel. err = |Δmean| / mean_real; d = |Δmean| / std_real." + tpb_note, "",
+          "rel. err = |Δmean| / mean_real; d = |Δmean| / std_real." + tpb_note
+          + (" perc. (percolating fraction, 6-connected) and D_eff/D (steady diffusion, "
+             "TauFactor's convention) are each cube's mean over z, y and x." if args.transport
+             else ""), "",
           evaluate.format_comparisons(ref, comparisons), "",
           "Memorisation: best voxel agreement of each volume with any training cube (48 "
           "symmetries, stride " f"{max(size // 4, 1)}); generated volumes should sit near the "

@@ -322,7 +322,8 @@ def plot(result, path):
     vols = result["volumes"]
     n = len(vols[0]["phases"])
     sub = "subvolumes" in vols[0]
-    rows = 2 if sub else 1
+    moves = "transport" in vols[0]["phases"][0]
+    rows = 1 + sub + moves
     fig, axes = plt.subplots(rows, max(n, 3), figsize=(4 * max(n, 3), 3.4 * rows),
                              squeeze=False)
     styles = {"z": "-", "y": "--", "x": ":"}
@@ -351,9 +352,29 @@ def plot(result, path):
         axes[1, 0].legend(fontsize=7)
         for k in range(3, axes.shape[1]):
             axes[1, k].axis("off")
+    if moves:
+        _plot_transport(axes[rows - 1], vols)
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
+
+
+def _plot_transport(axes, vols):
+    """One panel per phase: D_eff/D along z, y, x of every volume (bars; 0 = no path)."""
+    n = len(vols[0]["phases"])
+    width = 0.8 / len(vols)
+    for i in range(n):
+        ax = axes[i]
+        for j, v in enumerate(vols):
+            t = v["phases"][i]["transport"]
+            ax.bar(np.arange(3) + (j - (len(vols) - 1) / 2) * width,
+                   [t[a]["effective_diffusivity"] or 0.0 for a in "zyx"], width,
+                   color=f"C{j}", label=_short(v["path"]))
+        ax.set_xticks(range(3), ["z", "y", "x"])
+        ax.set_title(f"D_eff/D, label {vols[0]['phases'][i]['label']}")
+    axes[0].legend(fontsize=7)
+    for k in range(n, len(axes)):
+        axes[k].axis("off")
 
 
 def _save_figure(fig, path):

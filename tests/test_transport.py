@@ -189,3 +189,18 @@ def test_metrics_cli_transport(tmp_path, capsys):
     assert metrics_main([str(path), "--transport"]) == 0
     text = capsys.readouterr().out
     assert "tortuosity" in text and "6-connected" in text and "flux spread of 0.001" in text
+
+
+def test_set_comparison_carries_transport_figures():
+    from mdiff import evaluate
+
+    pm = PhaseMap([0, 255])
+    cubes = [synth.generate((12, 12, 12), (0.5, 0.5), (0, 255), 2.0, seed=k) for k in range(4)]
+    ref = evaluate.describe_set(cubes[:2], pm, 4, transport=True)
+    other = evaluate.describe_set(cubes[2:], pm, 4, transport=True)
+    row = evaluate.compare_sets(ref, other)["phases"][0]
+    d_eff = [np.mean([transport.tortuosity(c == 0, a)[1] for a in "zyx"]) for c in cubes[:2]]
+    assert row["effective_diffusivity"]["reference_mean"] == pytest.approx(np.mean(d_eff),
+                                                                           rel=1e-6)
+    assert "percolating_fraction" in row
+    assert "D_eff/D" in evaluate.format_comparisons(ref, {"other": other})
