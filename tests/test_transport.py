@@ -203,4 +203,5 @@ def test_set_comparison_carries_transport_figures():
     assert row["effective_diffusivity"]["reference_mean"] == pytest.approx(np.mean(d_eff),
                                                                            rel=1e-6)
     assert "percolating_fraction" in row
-    assert "D_eff/D" in evaluate.format_comparisons(ref, {"other": other})
+    table = evaluate.format_comparisons(ref, {"other": evaluate.compare_sets(ref, other)})
+    assert "D_eff/D" in table and "perc." in table
