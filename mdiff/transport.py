@@ -112,15 +112,17 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
     dot = lambda a, b: float(torch.dot(a.view(-1), b.view(-1)))
     pairs = mask[:-1] & mask[1:]
 
-    def fluxes(x):
-        """Flux into the inlet, through every pair of neighbouring planes, out of the outlet."""
-        inside = ((x[:-1] - x[1:]) * pairs).sum((1, 2), dtype=torch.float64)
+    def fluxes(x, scratch):
+        """Flux into the inlet, through every pair of neighbouring planes, out of the outlet
+        (``scratch``: a volume-sized buffer it may overwrite)."""
+        step = torch.sub(x[:-1], x[1:], out=scratch[:-1]).mul_(pairs)
+        inside = step.sum((1, 2), dtype=torch.float64)
         inflow = torch.sum(2.0 * (1.0 - x[0]) * mask[0], dtype=torch.float64)
         outflow = torch.sum(2.0 * x[-1] * mask[-1], dtype=torch.float64)
         return torch.cat([inflow[None], inside, outflow[None]])
 
-    def spread(x):
-        f = fluxes(x)
+    def spread(x, scratch):
+        f = fluxes(x, scratch)
         mean = float(f.mean())
         return float(f.max() - f.min()) / mean if mean > 0 else math.inf
 
@@ -129,11 +131,12 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
     x = (1.0 - centres)[:, None, None].expand(length, height, width).clone()
     x.masked_fill_(outside, 0.0)
     r = residual(x, torch.empty_like(x))
-    q = torch.div(r, diag)  # z = M⁻¹ r, then A p in the same buffer
+    q = torch.empty_like(x)
+    it, err = 0, spread(x, q)
+    torch.div(r, diag, out=q)  # z = M⁻¹ r; later A p in the same buffer
     p = q.clone()
     rz = dot(r, q)
     limit = max_iter or max(1000, 40 * (length + height + width))
-    it, err = 0, spread(x)
     best, improved = err, 0
     while err > tol and it < limit and it - improved < 400:
         apply(p, q)
@@ -148,16 +151,16 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
         p.mul_(rz_new / rz).add_(q)
         rz = rz_new
         it += 1
-        if it % 20 == 0:
-            err = spread(x)
+        if it % 20 == 0:  # z in q has been used: q is free until the next A p
+            err = spread(x, q)
             if err < 0.9 * best:  # else float32 round-off has stalled it: stop after 400
                 best, improved = err, it
             if progress:
                 progress(it, err)
-    err = spread(x)
+    err = spread(x, q)
     rel = float(torch.linalg.vector_norm(residual(x, q))) / float(
         torch.linalg.vector_norm(inlet))
-    f = fluxes(x)
+    f = fluxes(x, q)
     d_eff = float(f.mean()) * length / (height * width)
     return d_eff, it, err, rel
 
