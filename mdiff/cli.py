@@ -103,6 +103,10 @@ def train_main(argv=None):
                         help="run directory: config.json, loss.jsonl, checkpoint.pt")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (bit-for-bit)")
+    parser.add_argument("--procs", type=int, default=1, metavar="N",
+                        help="data-parallel processes on this machine (one thread each on a "
+                             "CPU; --batch-size is split over them). Under torchrun leave it "
+                             "at 1: torchrun starts the processes")
     _config_flags(parser, PRESETS, "unet", "model (override the preset)", skip=("phases",))
     _config_flags(parser, PRESETS, "diffusion", "diffusion")
     _config_flags(parser, PRESETS, "train", "training")
@@ -115,9 +119,11 @@ def train_main(argv=None):
         if not args.example and not args.data and not args.resume:
             raise MdiffError("no training data: give DATA.tif or --example "
                              "(see mdiff-train --help)")
+        if args.procs < 1:
+            raise MdiffError("--procs must be at least 1")
         values = vars(args)
         train(args.data, args.phases, args.example, args.preset, args.out, args.resume,
-              unet=values, diffusion=values, train=values)
+              unet=values, diffusion=values, train=values, procs=args.procs)
 
     return _run("mdiff-train", parser, body, argv)
 

@@ -65,7 +65,8 @@ class CubeDataset:
             cube = apply_symmetry(cube, int(rng.integers(len(SYMMETRIES))))
         return np.ascontiguousarray(cube)
 
-    def batch(self, rng, n, device="cpu"):
-        """(n, phases, P, P, P) float32 one-hot batch in [-1, 1] on ``device``."""
-        index = torch.from_numpy(np.stack([self.cube(rng) for _ in range(n)]))
+    def batch(self, rngs, device="cpu"):
+        """(n, phases, P, P, P) float32 one-hot batch in [-1, 1] on ``device``: one cube per
+        generator in ``rngs``."""
+        index = torch.from_numpy(np.stack([self.cube(rng) for rng in rngs]))
         return one_hot(index.to(device), self.n)

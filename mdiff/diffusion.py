@@ -170,18 +170,21 @@ class GaussianDiffusion:
 
         return denoise
 
-    def training_losses(self, model, x_start, t, noise):
+    def training_losses(self, model, x_start, t, noise, coin=None):
         """Per-sample loss at x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (Algorithm 1):
         eps: mean (ε − ε_θ)² (eq. 10); v: mean (v − v_θ)²; both times the min-SNR-γ weight when
         ``snr_gamma`` > 0; x0: mean cross-entropy between the logits and the phases of x_0.
 
         With self-conditioning, half the samples get the model's own x̂_0 (no gradient) as the
-        extra input and the others zeros, so it learns both the first step and the later ones."""
+        extra input and the others zeros, so it learns both the first step and the later ones:
+        those whose ``coin`` (N uniforms; drawn here if not given) is below 1/2."""
         x_t = self.q_sample(x_start, t, noise)
         x_self = None
         if self.self_condition:
             x_self = torch.zeros_like(x_start)
-            use = torch.rand(x_start.shape[0], device=x_start.device) < 0.5
+            if coin is None:
+                coin = torch.rand(x_start.shape[0], device=x_start.device)
+            use = coin < 0.5
             if bool(use.any()):
                 with torch.no_grad():
                     guess, _ = self.predict(model, x_t[use], t[use])

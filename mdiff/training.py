@@ -1,10 +1,14 @@
 """Training loop (Algorithm 1): AdamW with warm-up, gradient clipping, EMA, mixed precision,
 ``torch.compile``, atomic checkpoints and bit-for-bit resume.
 
-The random state of step k is derived from (seed, k): cube positions and symmetries from a
-numpy generator seeded with [seed, k], timesteps, noise and dropout from ``torch.manual_seed``.
-A run resumed from the checkpoint of step k therefore continues exactly as an uninterrupted
-run, with no generator state to carry (the checkpoint holds seed and step).
+The random state of sample i of step k is derived from (seed, k, i) alone: its cube position
+and symmetry from a numpy generator seeded with [seed, k, i], its timestep, noise and
+self-conditioning draw from a torch generator seeded from that. A run resumed from the
+checkpoint of step k therefore continues exactly as an uninterrupted run, with no generator
+state to carry (the checkpoint holds seed and step), and the batch of a step is the same
+whatever the number of processes it is split over (``mdiff.distributed``): ``batch_size`` is
+the effective batch, each of N data-parallel processes draws its N-th of it, and
+DistributedDataParallel averages their gradients.
 """
 import contextlib
 import copy
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, synth
+from . import checkpoint, distributed, synth
 from .config import (OBJECTIVES, PRESETS, TrainConfig, UNetConfig, diffusion_config, from_dict,
                      override, to_dict)
 from .data import CubeDataset
@@ -79,6 +83,18 @@ def _step_seed(seed, step):
     return (seed * 1_000_003 + step) % 2**63
 
 
+def _draws(dataset, timesteps, seed, step, samples, device):
+    """Cubes (n, phases, P, P, P), timesteps (n,), noise like the cubes and uniforms (n,) for
+    the self-conditioning coin, of the given sample indices of a step (see the module doc)."""
+    rngs = [np.random.default_rng([seed, step, i]) for i in samples]
+    x_start = dataset.batch(rngs, device)
+    gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
+    t = torch.cat([torch.randint(0, timesteps, (1,), generator=g) for g in gens])
+    noise = torch.stack([torch.randn(x_start.shape[1:], generator=g) for g in gens])
+    coin = torch.cat([torch.rand(1, generator=g) for g in gens])
+    return x_start, t.to(device), noise.to(device), coin.to(device)
+
+
 def _lr(cfg, step):
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else cfg.lr
 
@@ -94,13 +110,24 @@ def _duration(seconds):
 
 
 def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff", resume=False,
-          unet=None, diffusion=None, train=None, log=_stderr):
+          unet=None, diffusion=None, train=None, log=_stderr, procs=1):
     """Train a 3D DDPM on label volumes; returns the path of the final checkpoint.
 
     ``unet``, ``diffusion`` and ``train`` are dicts of field overrides of the preset's configs
     (``None`` values ignored). With ``resume=True`` the run in ``out`` continues from its
-    checkpoint (its configs are kept; ``train={"steps": N}`` may extend it)."""
-    log = log or (lambda text: None)
+    checkpoint (its configs are kept; ``train={"steps": N}`` may extend it).
+
+    ``procs`` > 1 launches that many data-parallel processes on this machine (one thread each
+    on a CPU) and returns when they are done; under torchrun each process calls ``train``
+    itself (``procs`` is then ignored)."""
+    if procs > 1 and distributed.context().world == 1:
+        kwargs = dict(data=[str(p) if not isinstance(p, np.ndarray) else p for p in data],
+                      phases=phases, example=example, preset=preset, out=str(out),
+                      resume=resume, unet=unet, diffusion=diffusion, train=train,
+                      log=_stderr if log is _stderr else None)
+        return Path(distributed.launch(int(procs), _worker, kwargs))
+    ctx = distributed.context()
+    log = (log or (lambda text: None)) if ctx.main else (lambda text: None)
     out = Path(out)
     ckpt_path = out / CHECKPOINT
     state = None
@@ -133,6 +160,15 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     _check(ucfg, dcfg, tcfg)
     dataset = CubeDataset(volumes, phase_map, tcfg.patch, tcfg.stride, tcfg.augment, names)
     device = resolve_device(tcfg.device)
+    ctx = distributed.setup(device.type)
+    if device.type == "cuda" and ctx.world > 1:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if tcfg.batch_size % ctx.world:
+        raise MdiffError(f"--batch-size {tcfg.batch_size} (the effective batch) must be a "
+                         f"multiple of the {ctx.world} processes")
+    per_rank = tcfg.batch_size // ctx.world
+    mine = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
 
     torch.manual_seed(tcfg.seed)
     model = UNet(ucfg, tcfg.patch, dcfg.self_condition).to(device)
@@ -147,47 +183,65 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step = state["step"]
-    forward = torch.compile(model) if tcfg.compile else model
+        before = state.get("world_size", 1)
+        if before != ctx.world:
+            log(f"mdiff-train: resuming with {ctx.world} process(es) where the run had "
+                f"{before}: the same batches, but gradients are summed in another order, so "
+                "it continues the run without being bit-for-bit equal to it")
+    forward = model
+    if ctx.world > 1:
+        # the U-Net has no buffers (GroupNorm, no BatchNorm), so DDP syncs nothing in forward
+        # and self-conditioning may run its extra no-grad pass on some ranks only
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tcfg.compile:
+        forward = torch.compile(forward)
 
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
     static = {"unet": to_dict(ucfg), "diffusion": to_dict(dcfg), "train": to_dict(tcfg),
               "labels": list(phase_map.labels), "patch": tcfg.patch,
               "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
               "unit": meta["unit"],
               "data": {"paths": [str(Path(p).resolve()) for p in data
                                  if not isinstance(p, np.ndarray)], "example": example}}
-    (out / "config.json").write_text(json.dumps({**static, "preset": preset}, indent=2) + "\n")
     loss_log = out / "loss.jsonl"
-    _truncate_log(loss_log, step)
+    if ctx.main:
+        (out / "config.json").write_text(json.dumps({**static, "preset": preset}, indent=2)
+                                         + "\n")
+        _truncate_log(loss_log, step)
 
     def save(loss):
-        checkpoint.save(ckpt_path, {
-            **static, "step": step, "seed": tcfg.seed, "loss": loss,
-            "model": model.state_dict(), "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})
+        """Rank 0 writes; the others wait for it at the barrier."""
+        if ctx.main:
+            checkpoint.save(ckpt_path, {
+                **static, "step": step, "seed": tcfg.seed, "loss": loss,
+                "world_size": ctx.world, "effective_batch": tcfg.batch_size,
+                "model": model.state_dict(), "ema": ema.state_dict(),
+                "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})
+        distributed.barrier()
 
     params = list(model.parameters())
     ema_params = list(ema.parameters())
     n_params = sum(p.numel() for p in params)
     log(f"mdiff-train: {n_params / 1e6:.2f} M parameters, {len(dataset) or 'random'} cubes of "
         f"{tcfg.patch}^3 from {', '.join(names)}, labels {list(phase_map.labels)}, "
-        f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; "
-        f"steps {step} -> {tcfg.steps}; run dir {out}")
+        f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; batch "
+        f"{tcfg.batch_size}" + (f" over {ctx.world} processes" if ctx.world > 1 else "")
+        + f"; steps {step} -> {tcfg.steps}; run dir {out}")
     model.train()
     running = torch.zeros((), device=device)
     window, last_loss = 0, None
     t_window = time.perf_counter()
     voxels = tcfg.batch_size * tcfg.patch ** 3
     while step < tcfg.steps:
-        torch.manual_seed(_step_seed(tcfg.seed, step))
-        rng = np.random.default_rng([tcfg.seed, step])
-        x_start = dataset.batch(rng, tcfg.batch_size, device)
-        t = torch.randint(0, process.num_timesteps, (tcfg.batch_size,), device=device)
-        noise = torch.randn_like(x_start)
+        torch.manual_seed(_step_seed(tcfg.seed, step) + ctx.rank)  # dropout
+        x_start, t, noise, coin = _draws(dataset, process.num_timesteps, tcfg.seed, step, mine,
+                                         device)
         for group in opt.param_groups:
             group["lr"] = _lr(tcfg, step)
         with autocast(device, tcfg.precision):
-            loss = process.training_losses(forward, x_start, t, noise).mean()
+            loss = process.training_losses(forward, x_start, t, noise, coin).mean()
         scaler.scale(loss).backward()
         if tcfg.grad_clip > 0:
             scaler.unscale_(opt)
@@ -201,7 +255,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         window += 1
         step += 1
         if step % tcfg.log_every == 0 or step % tcfg.save_every == 0 or step == tcfg.steps:
-            mean = running.item() / window
+            mean = distributed.mean(running).item() / window  # every rank sees a NaN
             if not math.isfinite(mean):
                 raise MdiffError(
                     f"the loss became {mean} by step {step}; stopped without saving, so "
@@ -212,9 +266,10 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
             log(f"step {step:>7}/{tcfg.steps}  loss {mean:.5f}  lr {_lr(tcfg, step - 1):.2e}  "
                 f"{rate:.2f} steps/s  {rate * voxels / 1e6:.2f} Mvox/s  "
                 f"ETA {_duration((tcfg.steps - step) / rate)}")
-            with open(loss_log, "a") as f:
-                f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
-                                    "steps_per_s": rate}) + "\n")
+            if ctx.main:
+                with open(loss_log, "a") as f:
+                    f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
+                                        "steps_per_s": rate, "processes": ctx.world}) + "\n")
             last_loss = mean
             running.zero_()
             window = 0
@@ -225,6 +280,11 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         log(f"mdiff-train: {ckpt_path} is already at step {step}; raise --steps to go on")
     log(f"mdiff-train: checkpoint {ckpt_path} (step {step})")
     return ckpt_path
+
+
+def _worker(kwargs):
+    """The entry point of each process that ``train(procs=N)`` launches."""
+    return str(train(**kwargs))
 
 
 def _check(ucfg, dcfg, tcfg):

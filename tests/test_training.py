@@ -43,7 +43,7 @@ def test_dataset_cuts_grid_cubes_without_whole_volume_copies(rng):
     volume = rng.choice(np.array([0, 255], np.uint8), size=(20, 21, 22))
     ds = CubeDataset([volume], PhaseMap([0, 255]), patch=8, stride=6, augment=False)
     assert len(ds) == 3 * 3 * 3
-    batch = ds.batch(np.random.default_rng(0), 5)
+    batch = ds.batch([np.random.default_rng(k) for k in range(5)])
     assert batch.shape == (5, 2, 8, 8, 8) and batch.dtype == torch.float32
 
 
