@@ -7,6 +7,11 @@ variant runs in a fresh process).
 results/train_speed_<device>.json.
 
     python benchmarks/train_speed.py [--preset small] [--steps 10] [--device auto]
+    python benchmarks/train_speed.py --procs 1 2 [--steps 60]   # data-parallel processes
+
+With ``--procs``: whole ``mdiff.train`` runs (bf16) on a synthetic volume, one per process
+count, the effective batch fixed at the preset's; 1 process uses every thread, N > 1 processes
+one thread each. Steps/s come from the run's own progress log after a warm-up.
 """
 import argparse
 import json
@@ -67,17 +72,58 @@ def measure(preset, precision, compile_, steps, device):
             "peak_gib": peak}
 
 
+def measure_procs(preset, procs, steps, device):
+    """Steps/s of ``mdiff.train`` with ``procs`` processes, from its loss log (warm-up cut)."""
+    import tempfile
+
+    import mdiff
+    from mdiff import synth
+
+    log_every = max(steps // 6, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        volume = synth.generate((96, 96, 96), (0.45, 0.35, 0.2), (0, 127, 255), 3.0)
+        start = time.perf_counter()
+        mdiff.train([volume], preset=preset, out=tmp, procs=procs, log=None,
+                    train={"steps": steps, "log_every": log_every, "save_every": steps,
+                           "precision": "bf16", "device": device.type})
+        wall = time.perf_counter() - start
+        lines = [json.loads(x) for x in (Path(tmp) / "loss.jsonl").read_text().splitlines()]
+    rates = [x["steps_per_s"] for x in lines[1:]]  # the first window holds the warm-up
+    p = PRESETS[preset]
+    rate = len(rates) / sum(1 / r for r in rates)
+    return {"preset": preset, "processes": procs, "precision": "bf16",
+            "threads_per_process": torch.get_num_threads() if procs == 1 else 1,
+            "effective_batch": p.train.batch_size, "steps_per_s": rate,
+            "voxels_per_s": rate * p.train.batch_size * p.train.patch ** 3,
+            "wall_s_with_startup": wall}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--preset", help="default: paper on CUDA, small on CPU")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
+    ap.add_argument("--procs", type=int, nargs="+",
+                    help="measure data-parallel training with these process counts instead")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "small")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
+    if args.procs:
+        rows = [measure_procs(preset, n, max(args.steps, 30), device) for n in args.procs]
+        for r in rows:
+            print(f"{preset:>6} bf16 {r['processes']} process(es) x "
+                  f"{r['threads_per_process']} thread(s): {r['steps_per_s']:.2f} steps/s, "
+                  f"{r['voxels_per_s'] / 1e6:.2f} Mvox/s (batch {r['effective_batch']})",
+                  flush=True)
+        for r in rows[1:]:
+            print(f"  {r['processes']} processes: {r['voxels_per_s'] / rows[0]['voxels_per_s']:.2f}x "
+                  f"{rows[0]['processes']} process(es)")
+        out = HERE / "results" / f"train_procs_{device.type}.json"
+        out.write_text(json.dumps({"device": name, "rows": rows}, indent=1) + "\n")
+        return
     rows = []
     variants = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("bf16", True)])
     spawn = multiprocessing.get_context("spawn")

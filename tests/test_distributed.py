@@ -88,3 +88,12 @@ def _sample_entry(ckpt, out):
     from mdiff.sampling import sample_to_dir
 
     sample_to_dir(ckpt, out, n=3, steps=3, seed=5, device="cpu", log=lambda text: None)
+
+
+def test_python_m_mdiff_dispatches_the_commands(capsys):
+    from mdiff.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["metrics", "--version"])
+    assert exc.value.code == 0 and "mdiff-metrics" in capsys.readouterr().out
+    assert main(["nonsense"]) == 2 and "usage: python -m mdiff" in capsys.readouterr().err
