@@ -272,6 +272,10 @@ def _transport_rows(vols, i):
                 cells.append(f"{text:>14}{diff}")
             lines.append(f"{short + ' ' + axis:<10} {vols[0]['phases'][i]['label']:>5}  "
                          + "  ".join(cells))
+    for v in vols:
+        notes = {t["note"] for t in v["phases"][i]["transport"].values() if t.get("note")}
+        for note in sorted(notes):
+            lines.append(f"  note, {_short(v['path'])}, label {v['phases'][i]['label']}: {note}")
     return lines
 
 

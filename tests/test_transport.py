@@ -205,3 +205,24 @@ def test_set_comparison_carries_transport_figures():
     assert "percolating_fraction" in row
     table = evaluate.format_comparisons(ref, {"other": evaluate.compare_sets(ref, other)})
     assert "D_eff/D" in table and "perc." in table
+
+
+def test_too_large_a_problem_is_refused_with_one_line(tmp_path, capsys, monkeypatch):
+    from mdiff import write_volume
+
+    path = tmp_path / "v.tif"
+    write_volume(path, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 2.0, 0))
+    monkeypatch.setattr(transport, "BYTES_PER_VOXEL", 2**40)
+    assert metrics_main([str(path), "--transport"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GiB are free; crop the volume" in err
+
+
+def test_table_notes_absent_phases(tmp_path, capsys):
+    from mdiff import write_volume
+
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    write_volume(a, synth.generate((8, 8, 8), (0.4, 0.3, 0.3), (0, 127, 255), 2.0, 0))
+    write_volume(b, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 2.0, 1))
+    assert metrics_main([str(a), str(b), "--transport"]) == 0
+    assert "label 127: phase absent" in capsys.readouterr().out
