@@ -7,6 +7,7 @@ stopped at the same plane-flux spread. The memory run solves one phase and axis 
 volume in a fresh process and reports its peak resident set beyond the input volume.
 
     python benchmarks/transport_speed.py [--sizes 128 256] [--tol 1e-2] [--memory 512]
+    python benchmarks/transport_speed.py --sizes 256 --axes z --labels 0 --memory 0 --tag 256z
 
 Prints a table and writes results/transport_speed_<device>.json.
 """
@@ -42,11 +43,13 @@ def taufactor_tau(mask, tol, device):
     return (tau if tau > 0 else float("inf")), solver.iter, time.perf_counter() - start
 
 
-def speed(size, tol, device, axes):
+def speed(size, tol, device, axes, labels):
     volume = synth.generate((size,) * 3, FRACTIONS, LABELS, LENGTH, seed=size)
     pm = PhaseMap(LABELS)
     rows = []
     for phase, label in enumerate(LABELS):
+        if label not in labels:
+            continue
         start = time.perf_counter()
         figures = transport.phase_transport(volume, pm, phase, axes, tol, device)
         total = time.perf_counter() - start
@@ -72,13 +75,14 @@ def speed(size, tol, device, axes):
     return rows
 
 
-def _peak(path, tol, device):
+def _peak(path, tol, device, max_iter):
     """Solve label 0 along z of the volume in ``path`` (a fresh process: its peak resident set
     is this solve's, on top of the interpreter, torch and the input read beforehand)."""
     volume = np.load(path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
-    figures = transport.phase_transport(volume, PhaseMap(LABELS), 0, "z", tol, device)
+    figures = transport.phase_transport(volume, PhaseMap(LABELS), 0, "z", tol, device,
+                                        max_iter=max_iter)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"size": volume.shape[0], "input_gib": volume.nbytes / 2**30,
@@ -93,7 +97,12 @@ def main(argv=None):
     ap.add_argument("--axes", default="zyx")
     ap.add_argument("--tol", type=float, default=1e-2,
                     help="plane-flux spread at which both solvers stop (TauFactor's default)")
+    ap.add_argument("--labels", type=int, nargs="+", default=list(LABELS),
+                    help="phases to time (labels 0 127 255)")
     ap.add_argument("--memory", type=int, default=512, help="side of the memory run (0: none)")
+    ap.add_argument("--memory-iters", type=int, default=60,
+                    help="CG iterations of the memory run (its peak is reached in the first)")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -101,7 +110,7 @@ def main(argv=None):
         f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
     rows = []
     for size in args.sizes:
-        rows += speed(size, args.tol, args.device, args.axes)
+        rows += speed(size, args.tol, args.device, args.axes, args.labels)
     memory = None
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,9 +118,10 @@ def main(argv=None):
             np.save(path, synth.generate((args.memory,) * 3, FRACTIONS, LABELS, LENGTH,
                                          seed=args.memory))
             with multiprocessing.get_context("spawn").Pool(1) as pool:
-                memory = pool.apply(_peak, (str(path), args.tol, args.device))
-        print(f"{args.memory}^3, label 0, z: {memory['seconds']:.0f} s "
-              f"({memory['iterations']} it), peak RSS {memory['peak_rss_gib']:.2f} GiB: "
+                memory = pool.apply(_peak, (str(path), args.tol, args.device,
+                                            args.memory_iters))
+        print(f"{args.memory}^3, label 0, z: {memory['seconds']:.0f} s for labelling and "
+              f"{memory['iterations']} CG iterations, peak RSS {memory['peak_rss_gib']:.2f} GiB: "
               f"{memory['beyond_input_gib']:.2f} GiB beyond the process holding its "
               f"{memory['input_gib']:.2f} GiB input", flush=True)
     for size in args.sizes:
@@ -125,7 +135,8 @@ def main(argv=None):
             print(f"{size}^3: mdiff {mine:.0f} s for all phases and axes; TauFactor / mdiff time "
                   f"{ratio:.2f}x on the percolating ones; largest tau difference "
                   f"{100 * worst:.2f} %")
-    out = HERE / "results" / f"transport_speed_{device.type}.json"
+    tag = f"_{args.tag}" if args.tag else ""
+    out = HERE / "results" / f"transport_speed_{device.type}{tag}.json"
     out.write_text(json.dumps({"device": name, "tol": args.tol, "rows": rows,
                                "memory": memory}, indent=1, allow_nan=True) + "\n")
 
