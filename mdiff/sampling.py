@@ -136,6 +136,7 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="ddim", steps=50, seed=
         write_volume(out_dir / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
                      unit=gen.unit)
     distributed.barrier()
+    distributed.cleanup()
     paths = [out_dir / f"sample_{i:03d}.tif" for i in range(n)]
     if not ctx.main:
         return paths

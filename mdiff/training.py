@@ -279,6 +279,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     if state is not None and step == state["step"]:
         log(f"mdiff-train: {ckpt_path} is already at step {step}; raise --steps to go on")
     log(f"mdiff-train: checkpoint {ckpt_path} (step {step})")
+    distributed.cleanup()
     return ckpt_path
 
 
