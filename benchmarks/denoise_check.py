@@ -41,7 +41,8 @@ def main(argv=None):
     ap.add_argument("volume")
     ap.add_argument("--holdout", type=float, default=0.25, help="fraction of z held out")
     ap.add_argument("--cubes", type=int, default=8, help="held-out cubes used")
-    ap.add_argument("--name", help="results name (default: the volume's stem)")
+    ap.add_argument("--name", help="results name (default: <volume stem>_denoise_<objective>; "
+                    "the objective is the checkpoint's)")
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     gen = mdiff.load(args.checkpoint, device="cpu")
@@ -82,10 +83,11 @@ def main(argv=None):
         gens = [torch.Generator().manual_seed(k) for k in range(n)]
         out = ddim_sample(gen._model_fn, ddim, x0.shape[1:], gens)
         row("pure noise", int(ddim.timestep_map[-1]), pm.decode(out))
-    name = args.name or Path(args.volume).stem
-    out_path = Path(args.results) / f"{name}_denoise.json"
+    name = args.name or f"{Path(args.volume).stem}_denoise_{gen.diffusion.objective}"
+    out_path = Path(args.results) / f"{name}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "step": gen.step,
+                                    "objective": gen.diffusion.objective,
                                     "volume": str(args.volume), "cubes": n, "size": size,
                                     "labels": list(pm.labels), "rows": rows}, indent=1) + "\n")
     print(f"wrote {out_path}", file=sys.stderr)
