@@ -8,7 +8,7 @@ relative to it (``cost`` writes results/ablation_cost.json; self-conditioning ad
 pass on half the batch, a wider net costs more per step).
 
     python benchmarks/ablation.py cost                      # relative cost per step
-    python benchmarks/ablation.py run VOLUME VARIANT [--budget 450] [--threads 1]
+    python benchmarks/ablation.py run VOLUME VARIANT [--budget 600] [--threads 1]
     python benchmarks/ablation.py report                    # results/ablation.md + .json
 
 Run two variants side by side with ``--threads 1`` each on a 2-core machine (small 3D
@@ -185,7 +185,7 @@ def main(argv=None):
     r = sub.add_parser("run", help="train and evaluate one variant on one volume")
     r.add_argument("volume")
     r.add_argument("variant", choices=list(VARIANTS))
-    r.add_argument("--budget", type=int, default=450,
+    r.add_argument("--budget", type=int, default=600,
                    help="training steps of the plain small model; others get the same time")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--runs", help="run directories (default: fidelity.py's)")
