@@ -70,10 +70,11 @@ def main(argv=None):
     T = process.num_timesteps
     ddpm_measure = args.ddpm_measure or (T if device.type == "cuda" else 20)
     runs = [("DDIM-50", 50, 50, lambda progress: ddim_sample(
-        model_fn, process.respace(50), shape, gens, device, progress=progress))]
+        process.respace(50).denoiser(model_fn), process.respace(50), shape, gens, device,
+        progress=progress))]
     if not args.skip_ddpm:
         runs.append((f"DDPM-{T}", T, ddpm_measure, lambda progress: ddpm_sample(
-            model_fn, process, shape, gens, device, progress=progress)))
+            process.denoiser(model_fn), process, shape, gens, device, progress=progress)))
     model_fn(torch.zeros((1,) + shape, device=device), torch.zeros(1, dtype=torch.long,
                                                                     device=device))  # warm-up
     rows = []

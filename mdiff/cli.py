@@ -134,25 +134,45 @@ def sample_main(argv=None):
     parser.add_argument("checkpoint", metavar="CKPT.pt")
     parser.add_argument("out_dir", metavar="OUT_DIR")
     parser.add_argument("-n", "--count", type=int, default=4, help="number of volumes")
-    parser.add_argument("--size", type=int, help="cube side (default: the training cube side)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
-                        help="ddim: --steps re-spaced steps; ddpm: ancestral, all T steps")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--size", type=int, nargs="+", metavar="S",
+                        help="a cube side, or three sides Z Y X (default: the training cube "
+                             "side); any size, in memory bounded by --windows")
+    parser.add_argument("--sampler", choices=("ddim", "dpm++", "ddpm"), default="ddim",
+                        help="ddim: --steps re-spaced steps; dpm++: DPM-Solver++(2M), --steps; "
+                             "ddpm: ancestral, all T steps")
+    parser.add_argument("--steps", type=int, default=50, help="steps of ddim and dpm++")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="same seed -> same volumes")
     parser.add_argument("--batch", type=int, help="volumes per forward pass (default min(n, 8))")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    parser.add_argument("--periodic", action="store_true",
+                        help="a volume that tiles space: opposite faces continue each other "
+                             "(for simulations with periodic boundaries)")
+    parser.add_argument("--tiling", choices=("windows", "whole"), default="windows",
+                        help="volumes larger than the training cube: windows = overlapping "
+                             "training-size windows fused at every step (memory bounded); "
+                             "whole = the network on the whole volume, attention in windows "
+                             "(faster, memory grows with the volume)")
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="fraction of a window shared with its neighbour (--tiling windows)")
+    parser.add_argument("--windows", type=int, default=8,
+                        help="windows per network call (--tiling windows): bounds the memory")
 
     def body(args):
         from .sampling import sample_to_dir
 
         if args.steps < 1:
             raise MdiffError("--steps must be at least 1")
-        sample_to_dir(args.checkpoint, args.out_dir, args.count, args.size, args.sampler,
+        if args.size is not None and len(args.size) not in (1, 3):
+            raise MdiffError("--size takes one side or three (Z Y X)")
+        size = None if args.size is None else (args.size[0] if len(args.size) == 1
+                                               else tuple(args.size))
+        sample_to_dir(args.checkpoint, args.out_dir, args.count, size, args.sampler,
                       args.steps, args.seed, args.batch, args.eta, args.device, args.precision,
-                      not args.no_ema)
+                      not args.no_ema, tiling=args.tiling, overlap=args.overlap,
+                      periodic=args.periodic, windows=args.windows)
 
     return _run("mdiff-sample", parser, body, argv)
 

@@ -1,5 +1,6 @@
 """Generating volumes from a checkpoint: ``mdiff.load(ckpt).sample(...)`` and ``mdiff-sample``."""
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -12,13 +13,15 @@ from ._version import __version__
 from .config import UNetConfig, diffusion_config, from_dict
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import atomic_path, write_volume
+from .io import atomic_path, check_memory, write_volume
 from .phases import PhaseMap
-from .samplers import ddim_sample, ddpm_sample
+from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
+from .tiling import Tiling, tiled_denoiser
 from .training import autocast, resolve_device
 from .unet import UNet
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "dpm++", "ddpm")
+TILINGS = ("windows", "whole")
 
 
 class Generator:
@@ -48,29 +51,95 @@ class Generator:
         with autocast(self.device, self.precision):
             return self.model(x, t, *cond)
 
-    def sample(self, n, size=None, sampler="ddim", steps=50, seed=None, eta=0.0, batch=None,
-               variance="beta_tilde", progress=None, first=0):
-        """n volumes as a uint8/uint16 label array (n, S, S, S) with the training labels.
+    def shape(self, size=None):
+        """(d, h, w) of a sample: ``size`` None (the training cube), an int (a cube) or three
+        sides; every side a positive multiple of the U-Net's down-sampling factor."""
+        if size is None:
+            size = self.patch
+        sides = (int(size),) * 3 if np.ndim(size) == 0 else tuple(int(s) for s in size)
+        if len(sides) != 3 or any(s < 1 or s % self.model.factor for s in sides):
+            raise MdiffError(f"--size {' '.join(map(str, sides))}: give one side or three, each "
+                             f"a positive multiple of {self.model.factor}")
+        return sides
 
-        ``sampler`` ddim (``steps`` re-spaced steps, ``eta``) or ddpm (ancestral, all T steps);
-        volume i depends only on (seed, i), not on ``batch``; the volumes are i = first, ...,
-        first + n − 1 (how processes share a job). ``progress(done, total)`` is called after
-        every denoising step of every batch."""
-        size = int(size or self.patch)
-        if size < 1 or size % self.model.factor:
-            raise MdiffError(f"--size {size} must be a positive multiple of {self.model.factor}")
+    def plan(self, size=None, tiling="windows", overlap=0.25, periodic=False, windows=8, n=1,
+             batch=None):
+        """How n samples of ``size`` are denoised: a dict (shape, tiling, window, overlap,
+        stride, windows, periodic, batch); "whole" when the volume is no larger than the
+        training cube and not periodic (the network sees it as in training). MdiffError if
+        the request is malformed or needs more memory than is free."""
+        shape = self.shape(size)
+        if tiling not in TILINGS:
+            raise MdiffError(f"--tiling must be one of {TILINGS}, got {tiling!r}")
+        if not 0 <= overlap < 1:
+            raise MdiffError(f"--overlap must be in [0, 1), got {overlap}")
+        if int(windows) < 1:
+            raise MdiffError("--windows must be at least 1")
+        if max(shape) <= self.patch and not periodic:
+            tiling = "whole"
+        plan = {"shape": list(shape), "tiling": tiling, "periodic": bool(periodic)}
+        if tiling == "windows":
+            try:
+                t = Tiling(shape, self.patch, overlap, periodic, self.model.factor)
+            except ValueError as exc:
+                raise MdiffError(str(exc).replace("periodic volume", "--periodic volume"))
+            plan.update(window=self.patch, overlap=overlap, stride=t.stride, windows=len(t),
+                        windows_per_call=int(windows))
+        small = plan["tiling"] == "whole" and math.prod(shape) <= self.patch ** 3
+        plan["batch"] = int(batch or min(int(n), 8 if small else 1))
+        if int(n) < 1 or plan["batch"] < 1:
+            raise MdiffError("the number of volumes and the batch size must be at least 1")
+        check_memory(self.memory_needed(plan["batch"], plan), self.device,
+                     "give a smaller --size or --batch"
+                     + (", or --tiling windows" if plan["tiling"] == "whole" else ""),
+                     what=f"sampling {'x'.join(map(str, shape))} voxels")
+        return plan
+
+    def memory_needed(self, n, plan):
+        """Bytes a batch of n volumes needs beyond the model: the samplers' volume-sized
+        buffers (x_t, x̂_0, ε̂, the next x_t, noise), the fused x̂_0 and its weights with
+        windows, and the network's activations on what it sees at once."""
+        voxels = math.prod(plan["shape"])
+        c = self.phase_map.n
+        buffers = n * voxels * c * 4 * (6 if plan["tiling"] == "windows" else 5) + voxels * 4
+        seen = (n * min(plan.get("windows_per_call", 1), plan.get("windows", 1))
+                * self.patch ** 3 if plan["tiling"] == "windows" else n * voxels)
+        return buffers + seen * self.model.activation_bytes_per_voxel()
+
+    def denoiser(self, process, plan):
+        if plan["tiling"] == "whole":
+            self.model.set_periodic(plan["periodic"])
+            return process.denoiser(self._model_fn)
+        self.model.set_periodic(False)
+        return tiled_denoiser(process, self._model_fn, plan["shape"], plan["window"],
+                              plan["overlap"], plan["periodic"], plan["windows_per_call"],
+                              self.model.factor)
+
+    def sample(self, n, size=None, sampler="ddim", steps=50, seed=None, eta=0.0, batch=None,
+               variance="beta_tilde", progress=None, first=0, tiling="windows", overlap=0.25,
+               periodic=False, windows=8):
+        """n volumes as a uint8/uint16 label array (n, d, h, w) with the training labels.
+
+        ``size``: None (the training cube), a side or three sides. Volumes larger than the
+        training cube are denoised by ``tiling``: "windows" (overlapping training-size windows
+        whose x̂_0 are fused, ``overlap`` of a window shared with the next, ``windows`` of them
+        per network call: memory bounded by that, not by the volume) or "whole" (the network on
+        the whole volume, attention within training-size windows: faster, memory grows with the
+        volume). ``periodic``: the volume tiles space (windows wrap round / circular padding).
+        ``sampler`` ddim (``steps`` re-spaced steps, ``eta``), dpm++ (DPM-Solver++(2M),
+        ``steps``) or ddpm (ancestral, all T steps); volume i depends only on (seed, i), not on
+        ``batch``; the volumes are i = first, ..., first + n − 1 (how processes share a job).
+        ``progress(done, total)`` is called after every denoising step of every batch."""
+        plan = self.plan(size, tiling, overlap, periodic, windows, n, batch)
         if sampler not in SAMPLERS:
             raise MdiffError(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
-        n = int(n)
-        batch = int(batch or min(n, 8))
-        if n < 1 or batch < 1:
-            raise MdiffError("the number of volumes and the batch size must be at least 1")
-        if sampler == "ddim":
-            process = self.diffusion.respace(min(int(steps), self.diffusion.num_timesteps))
-        else:
+        n, batch = int(n), plan["batch"]
+        if sampler == "ddpm":
             process = self.diffusion
+        else:
+            process = self.diffusion.respace(min(int(steps), self.diffusion.num_timesteps))
         seed = int(seed if seed is not None else torch.randint(0, 2**31 - 1, ()).item())
-        shape = (self.phase_map.n, size, size, size)
+        shape = (self.phase_map.n, *plan["shape"])
         out = []
         total = n * process.num_timesteps
         for start in range(0, n, batch):
@@ -78,14 +147,19 @@ class Generator:
                     for i in range(start, min(n, start + batch))]
             done = start * process.num_timesteps
             report = progress and (lambda i, _t, d=done, b=len(gens): progress(d + i * b, total))
+            denoise = self.denoiser(process, plan)
             if sampler == "ddim":
-                x = ddim_sample(self._model_fn, process, shape, gens, self.device, eta=eta,
+                x = ddim_sample(denoise, process, shape, gens, self.device, eta=eta,
                                 progress=report)
+            elif sampler == "dpm++":
+                x = dpmpp_2m_sample(denoise, process, shape, gens, self.device, progress=report)
             else:
-                x = ddpm_sample(self._model_fn, process, shape, gens, self.device,
-                                variance=variance, progress=report)
+                x = ddpm_sample(denoise, process, shape, gens, self.device, variance=variance,
+                                progress=report)
             out.append(self.phase_map.decode(x))
+            del x, denoise
         self.seed = seed
+        self.last_plan = plan
         return np.concatenate(out)
 
 
@@ -95,8 +169,10 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
 
 
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="ddim", steps=50, seed=0, batch=None,
-                  eta=0.0, device="auto", precision="fp32", use_ema=True, log=None):
+                  eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
+                  tiling="windows", overlap=0.25, periodic=False, windows=8):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
+    ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``: see ``Generator.sample``.
 
     Under torchrun the volumes are shared out: process r of N makes volumes
     [r·n/N, (r+1)·n/N) (volume i is still a function of seed and i alone), rank 0 logs and
@@ -114,6 +190,7 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="ddim", steps=50, seed=
             log = lambda text: None  # noqa: E731
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
+    plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     last = [0.0]
@@ -126,12 +203,15 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="ddim", steps=50, seed=
             log(f"  {done}/{total} volume-steps  {rate:.1f}/s  "
                 f"ETA {int((total - done) / max(rate, 1e-9))}s")
 
-    log(f"mdiff-sample: {n} volume(s) of {size or gen.patch}^3 with {sampler}"
-        f"{f' ({steps} steps)' if sampler == 'ddim' else ''} on {gen.device}, "
-        f"checkpoint step {gen.step}"
+    how = (f"{plan['windows']} windows of {plan['window']}^3 a step (overlap {overlap:g})"
+           if plan["tiling"] == "windows" else "the whole volume at once")
+    log(f"mdiff-sample: {n} volume(s) of {'x'.join(map(str, plan['shape']))} with {sampler}"
+        f"{f' ({steps} steps)' if sampler != 'ddpm' else ''} on {gen.device}, "
+        f"checkpoint step {gen.step}; {how}{', periodic' if periodic else ''}"
         + (f", {ctx.world} processes ({len(share)} volumes here)" if ctx.world > 1 else ""))
     volumes = (gen.sample(len(share), size, sampler, steps, seed, eta, batch,
-                          progress=progress, first=share.start) if len(share) else [])
+                          progress=progress, first=share.start, tiling=tiling, overlap=overlap,
+                          periodic=periodic, windows=windows) if len(share) else [])
     for i, volume in zip(share, volumes):
         write_volume(out_dir / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
                      unit=gen.unit)
@@ -142,8 +222,9 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="ddim", steps=50, seed=
         return paths
     info = {"mdiff_version": __version__, "checkpoint": str(Path(ckpt).resolve()),
             "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n,
-            "processes": ctx.world, "size": int(size or gen.patch),
-            "sampler": sampler, "steps": steps if sampler == "ddim" else
+            "processes": ctx.world, "size": plan["shape"], "training_size": gen.patch,
+            **{k: v for k, v in plan.items() if k != "shape"},
+            "sampler": sampler, "steps": steps if sampler != "ddpm" else
             gen.diffusion.num_timesteps, "eta": eta if sampler == "ddim" else None,
             "seed": getattr(gen, "seed", seed), "ema": use_ema, "precision": precision,
             "device": str(gen.device),

@@ -22,12 +22,11 @@ convergence criterion; it also bounds the error of D_eff). Memory: five float32 
 problem's size and a few bytes of masks a voxel (≈ 24 bytes a voxel).
 """
 import math
-import os
 import time
 
 import numpy as np
 
-from . import _metrics
+from . import _metrics, io
 from .errors import MdiffError
 from .io import check_volume
 from .phases import PhaseMap
@@ -172,19 +171,10 @@ BYTES_PER_VOXEL = 26  # five float32 volumes, the cluster faces and three masks
 def check_memory(volume, device="cpu"):
     """MdiffError if solving on ``volume`` would need more memory than is available now."""
     need = BYTES_PER_VOXEL * volume.size
-    try:
-        if str(device).startswith("cuda"):
-            import torch
-
-            free = torch.cuda.mem_get_info(torch.device(device))[0] + volume.size * 10
-        else:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > free:
-        raise MdiffError(f"transport on {'x'.join(map(str, volume.shape))} voxels needs about "
-                         f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free; crop the "
-                         "volume, or use --subvolume with a smaller side")
+    if str(device).startswith("cuda"):
+        need -= 10 * volume.size  # the uint8/bool copies of the volume stay on the host
+    io.check_memory(need, device, "crop the volume, or use --subvolume with a smaller side",
+                    what=f"transport on {'x'.join(map(str, volume.shape))} voxels")
 
 
 def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device="cpu",

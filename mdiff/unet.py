@@ -68,23 +68,42 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all voxels of a (coarse) feature cube."""
+    """Multi-head self-attention over the voxels of a (coarse) feature cube, within windows of
+    side ``window`` (the side this level had in training): a larger volume is attended window
+    by window, so the cost stays linear in the volume and every voxel attends to a context of
+    the size the network learnt (attention over the whole of a 128³ sample's coarse levels
+    needs tens of GB)."""
 
-    def __init__(self, channels, heads, cfg):
+    def __init__(self, channels, heads, cfg, window=None):
         super().__init__()
         if channels % heads:
             raise ValueError(f"{channels} channels do not split into {heads} heads")
         self.heads = heads
+        self.window = window
         self.norm = norm(channels, cfg.groups)
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         self.out = zero(nn.Conv3d(channels, channels, 1))
 
-    def forward(self, x, emb=None):
+    def _attend(self, x):
         n, c, d, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, d * h * w)
+        qkv = self.qkv(x).reshape(n, 3, self.heads, c // self.heads, d * h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, L, C/heads)
         y = F.scaled_dot_product_attention(q, k, v)
-        return x + self.out(y.transpose(-1, -2).reshape(n, c, d, h, w))
+        return y.transpose(-1, -2).reshape(n, c, d, h, w)
+
+    def forward(self, x, emb=None):
+        h = self.norm(x)
+        s = self.window
+        if not s or max(x.shape[2:]) <= s:
+            return x + self.out(self._attend(h))
+        y = torch.empty_like(h)
+        d, hh, w = x.shape[2:]
+        for a in range(0, d, s):
+            for b in range(0, hh, s):
+                for c in range(0, w, s):
+                    y[:, :, a:a + s, b:b + s, c:c + s] = self._attend(
+                        h[:, :, a:a + s, b:b + s, c:c + s])
+        return x + self.out(y)
 
 
 class Downsample(nn.Module):
@@ -110,7 +129,8 @@ class UNet(nn.Module):
     logits, as the diffusion's objective reads it.
 
     ``patch`` is the training cube side: attention runs at the levels whose side is in
-    ``cfg.attention_sizes`` for that side, and keeps those levels at other sample sizes.
+    ``cfg.attention_sizes`` for that side, and keeps those levels at other sample sizes, where
+    it attends within windows of the side the level had in training.
     ``self_condition``: a third input, the previous x̂_0 (N, phases, S, S, S), enters as extra
     channels of the first convolution.
     """
@@ -135,13 +155,14 @@ class UNet(nn.Module):
                 blocks = [ResBlock(ch, mult * cfg.base_channels, emb_dim, cfg)]
                 ch = mult * cfg.base_channels
                 if attend:
-                    blocks.append(Attention(ch, cfg.heads, cfg))
+                    blocks.append(Attention(ch, cfg.heads, cfg, patch >> level))
                 self.down.append(nn.ModuleList(blocks))
                 skips.append(ch)
             if level < levels - 1:
                 self.down.append(nn.ModuleList([Downsample(ch, cfg)]))
                 skips.append(ch)
-        self.middle = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg), Attention(ch, cfg.heads, cfg),
+        self.middle = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg),
+                                     Attention(ch, cfg.heads, cfg, patch >> (levels - 1)),
                                      ResBlock(ch, ch, emb_dim, cfg)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -150,12 +171,33 @@ class UNet(nn.Module):
                 blocks = [ResBlock(ch + skips.pop(), mult * cfg.base_channels, emb_dim, cfg)]
                 ch = mult * cfg.base_channels
                 if attend:
-                    blocks.append(Attention(ch, cfg.heads, cfg))
+                    blocks.append(Attention(ch, cfg.heads, cfg, patch >> level))
                 if level > 0 and i == cfg.blocks_per_level:
                     blocks.append(Upsample(ch, cfg))
                 self.up.append(nn.ModuleList(blocks))
         self.output = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(),
                                     zero(conv(ch, cfg.phases, periodic=cfg.periodic)))
+
+    def set_periodic(self, periodic):
+        """Circular (periodic) or zero padding in every convolution from now on: a model
+        trained either way can sample a volume that tiles space."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d) and m.kernel_size[0] > 1:
+                m.padding_mode = "circular" if periodic else "zeros"
+
+    def activation_bytes_per_voxel(self):
+        """Bytes of activations per voxel of the input while sampling (no gradients, fp32):
+        the skip connections of every level (a level of side S/2^l holds 1/8^l of the voxels)
+        plus a few working tensors of the widest full-resolution block. An estimate to refuse
+        requests that cannot fit, checked against measured peaks in benchmarks/large_volume.py."""
+        cfg = self.cfg
+        skips = cfg.base_channels  # the input convolution's output
+        for level, mult in enumerate(cfg.channel_mult):
+            skips += (cfg.blocks_per_level + (level < len(cfg.channel_mult) - 1)) \
+                * mult * cfg.base_channels / 8 ** level
+        widest = 2 * cfg.channel_mult[0] * cfg.base_channels + cfg.channel_mult[-1] \
+            * cfg.base_channels / 2
+        return 4 * (skips + 4 * widest)
 
     @property
     def factor(self):

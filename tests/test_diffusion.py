@@ -61,8 +61,9 @@ def test_ddim_eta1_all_steps_is_ancestral():
     process = GaussianDiffusion(cosine_betas(40))
     shape = (2, 3, 3, 3)
     gens = lambda: [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)]
-    a = ddpm_sample(_toy_model, process, shape, gens(), clip_denoised=False)
-    b = ddim_sample(_toy_model, process, shape, gens(), eta=1.0, clip_denoised=False)
+    denoise = process.denoiser(_toy_model, clip_denoised=False)
+    a = ddpm_sample(denoise, process, shape, gens())
+    b = ddim_sample(denoise, process, shape, gens(), eta=1.0)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -77,8 +78,8 @@ def test_respace_keeps_alphas(process):
 def test_ddim_deterministic_and_batch_independent():
     process = GaussianDiffusion(cosine_betas(100)).respace(10)
     g = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
-    both = ddim_sample(_toy_model, process, (2, 4, 4, 4), g([1, 2]))
-    one = ddim_sample(_toy_model, process, (2, 4, 4, 4), g([2]))
+    both = ddim_sample(process.denoiser(_toy_model), process, (2, 4, 4, 4), g([1, 2]))
+    one = ddim_sample(process.denoiser(_toy_model), process, (2, 4, 4, 4), g([2]))
     torch.testing.assert_close(both[1:], one)
 
 
@@ -100,7 +101,8 @@ def test_ddim_from_a_noised_volume_with_the_true_noise_returns_it():
     for start in (5, 12, 19):
         seen.clear()
         x_t = process.q_sample(x0, torch.full((2,), start), torch.randn_like(x0))
-        got = ddim_sample(oracle, process, x0.shape[1:], [None, None], x_t=x_t, start=start)
+        got = ddim_sample(process.denoiser(oracle), process, x0.shape[1:], [None, None],
+                          x_t=x_t, start=start)
         torch.testing.assert_close(got, x0, rtol=1e-4, atol=1e-4)
         assert seen == process.timestep_map[start::-1].tolist()  # steps start, ..., 0
 
@@ -187,7 +189,8 @@ def test_self_conditioning_feeds_the_previous_estimate():
         return torch.full_like(x, 0.0) + 0.01 * t.float().view(-1, 1, 1, 1, 1) * torch.arange(
             x.shape[1]).float().view(1, -1, 1, 1, 1)
 
-    ddim_sample(model, process, (3, 2, 2, 2), [torch.Generator().manual_seed(0)])
+    ddim_sample(process.denoiser(model), process, (3, 2, 2, 2),
+                [torch.Generator().manual_seed(0)])
     assert len(seen) == 4 and torch.count_nonzero(seen[0]) == 0
     for step, previous in zip(seen[1:], seen[:-1]):
         assert torch.count_nonzero(step) > 0 and not torch.equal(step, previous)
@@ -202,5 +205,6 @@ def test_ddim_from_noised_volume_with_an_x0_oracle_returns_it():
     x0, _, _, _ = _known(process, seed=4)
     oracle = lambda x, t: 50.0 * x0
     x_t = process.q_sample(x0, torch.full((2,), 12), torch.randn_like(x0))
-    got = ddim_sample(oracle, process, x0.shape[1:], [None, None], x_t=x_t, start=12)
+    got = ddim_sample(process.denoiser(oracle), process, x0.shape[1:], [None, None], x_t=x_t,
+                      start=12)
     torch.testing.assert_close(got, x0, rtol=0, atol=1e-3)

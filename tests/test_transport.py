@@ -215,7 +215,7 @@ def test_too_large_a_problem_is_refused_with_one_line(tmp_path, capsys, monkeypa
     monkeypatch.setattr(transport, "BYTES_PER_VOXEL", 2**40)
     assert metrics_main([str(path), "--transport"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "GiB are free; crop the volume" in err
+    assert err.count("\n") == 1 and "GiB are free on cpu; crop the volume" in err
 
 
 def test_table_notes_absent_phases(tmp_path, capsys):

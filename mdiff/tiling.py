@@ -1,0 +1,130 @@
+"""Denoising volumes larger than the training cube by overlapping windows (MultiDiffusion,
+Bar-Tal et al. 2023): at every step, x̂_0 of every training-size window of x_t is predicted and
+the predictions are fused with smooth weights into one x̂_0 of the whole volume; ε̂ follows from
+it. The result is a denoiser like ``GaussianDiffusion.denoiser``'s, so every sampler works with
+it unchanged.
+
+Memory: x_t and the samplers' few volume-sized buffers, one fused x̂_0 buffer and its weight
+sum, and the network on ``batch`` windows at a time: it does not grow with the volume beyond
+those buffers. With ``periodic`` the windows wrap around the volume's faces, so the volume
+tiles space: its opposite faces continue each other.
+"""
+import math
+
+import torch
+
+
+def window_starts(length, window, stride, periodic=False):
+    """Start indices of the windows along one axis of ``length`` voxels.
+
+    Closed: 0, stride, 2·stride, ... and a last window flush with the end (one window of the
+    whole axis when it is no longer than ``window``). Periodic: 0, stride, ... < length, the
+    last ones wrapping past the end (every voxel is covered the same number of times when
+    ``stride`` divides ``length``)."""
+    if periodic:
+        return list(range(0, length, stride))
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def bump(window):
+    """Fusion weights along one axis: sin² over the window, largest at its centre and small
+    but positive at its faces, so a window's edge voxels (whose context is cut off) count least
+    and the fused x̂_0 has no seams."""
+    i = torch.arange(window, dtype=torch.float64)
+    return torch.sin(math.pi * (i + 0.5) / window).pow(2).float()
+
+
+class Tiling:
+    """The windows of one volume shape: ``windows`` is a list of (linear voxel indices of the
+    window in the volume, window shape). ``window`` is the training cube side; ``overlap`` the
+    fraction of it shared by neighbouring windows (0 ≤ overlap < 1)."""
+
+    def __init__(self, shape, window, overlap=0.5, periodic=False, factor=1):
+        self.shape = tuple(int(s) for s in shape)
+        self.periodic = periodic
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        stride = max(factor, int(round(window * (1 - overlap) / factor)) * factor)
+        self.sides = [min(window, s) if not periodic else window for s in self.shape]
+        if periodic and any(s % stride for s in self.shape):
+            raise ValueError(f"a periodic volume's sides {self.shape} must be multiples of the "
+                             f"window stride {stride}")
+        self.stride = stride
+        self.starts = [window_starts(s, w, stride, periodic)
+                       for s, w in zip(self.shape, self.sides)]
+        self.weight = {}  # window shape -> (d, h, w) weights
+
+    def __len__(self):
+        return math.prod(len(s) for s in self.starts)
+
+    def index(self, corner):
+        """Linear indices (d·h·w,) into the flattened volume of the window at ``corner``."""
+        axes = [(torch.arange(w) + c) % s for c, w, s in zip(corner, self.sides, self.shape)]
+        d, h, w = self.shape
+        return ((axes[0][:, None, None] * h + axes[1][None, :, None]) * w
+                + axes[2][None, None, :]).reshape(-1)
+
+    def corners(self):
+        for a in self.starts[0]:
+            for b in self.starts[1]:
+                for c in self.starts[2]:
+                    yield (a, b, c)
+
+    def weights(self):
+        """(d, h, w) fusion weights of a window."""
+        key = tuple(self.sides)
+        if key not in self.weight:
+            a, b, c = (bump(w) for w in key)
+            self.weight[key] = a[:, None, None] * b[None, :, None] * c[None, None, :]
+        return self.weight[key]
+
+
+def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False, batch=8,
+                   factor=1, clip_denoised=True, progress=None):
+    """``denoise(x_t, t) -> (x̂_0, ε̂)`` for volumes of spatial ``shape``, from the network run
+    on windows of side ``window`` (``batch`` windows a call) whose x̂_0 are fused with
+    ``bump`` weights. With self-conditioning, each window is fed its crop of the previous fused
+    x̂_0. ``progress(k, n)`` is called after each batch of windows of a step."""
+    tiling = Tiling(shape, window, overlap, periodic, factor)
+    corners = list(tiling.corners())
+    indices = [tiling.index(c) for c in corners]
+    previous = [None]
+    norm = None
+
+    def denoise(x_t, t):
+        nonlocal norm
+        n, c = x_t.shape[:2]
+        flat = x_t.reshape(n, c, -1)
+        weight = tiling.weights().to(x_t.device).reshape(-1)
+        fused = torch.zeros_like(flat)
+        if norm is None:
+            norm = torch.zeros(flat.shape[-1], device=x_t.device)
+            for idx in indices:
+                norm.index_add_(0, idx.to(x_t.device), weight)
+        side = tiling.sides
+        before = None if previous[0] is None else previous[0].reshape(n, c, -1)
+        for k in range(0, len(indices), batch):
+            chunk = [idx.to(x_t.device) for idx in indices[k:k + batch]]
+            crop = torch.cat([flat[:, :, idx].reshape(n, c, *side) for idx in chunk])
+            x_self = None if before is None else torch.cat(
+                [before[:, :, idx].reshape(n, c, *side) for idx in chunk])
+            tt = t.repeat(len(chunk))
+            x_start, _ = diffusion.predict(model, crop, tt, x_self, clip_denoised)
+            x_start = x_start.reshape(len(chunk), n, c, -1)
+            for j, idx in enumerate(chunk):
+                fused.index_add_(2, idx, x_start[j] * weight)
+            if progress:
+                progress(min(k + batch, len(indices)), len(indices))
+        fused /= norm
+        x_start = fused.reshape(x_t.shape)
+        if diffusion.self_condition:
+            previous[0] = x_start
+        return x_start, diffusion.predict_eps_from_xstart(x_t, t, x_start)
+
+    denoise.tiling = tiling
+    return denoise
