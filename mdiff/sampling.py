@@ -79,10 +79,10 @@ class Generator:
             tiling = "whole"
         plan = {"shape": list(shape), "tiling": tiling, "periodic": bool(periodic)}
         if tiling == "windows":
-            try:
-                t = Tiling(shape, self.patch, overlap, periodic, self.model.factor)
-            except ValueError as exc:
-                raise MdiffError(str(exc).replace("periodic volume", "--periodic volume"))
+            if periodic and min(shape) < self.patch:
+                raise MdiffError(f"--periodic with windows needs every side at least the "
+                                 f"training cube's {self.patch}; use --tiling whole")
+            t = Tiling(shape, self.patch, overlap, periodic, self.model.factor)
             plan.update(window=self.patch, overlap=overlap, stride=t.stride, windows=len(t),
                         windows_per_call=int(windows))
         small = plan["tiling"] == "whole" and math.prod(shape) <= self.patch ** 3

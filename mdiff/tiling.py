@@ -14,15 +14,16 @@ import math
 import torch
 
 
-def window_starts(length, window, stride, periodic=False):
+def window_starts(length, window, stride, periodic=False, factor=1):
     """Start indices of the windows along one axis of ``length`` voxels.
 
     Closed: 0, stride, 2·stride, ... and a last window flush with the end (one window of the
-    whole axis when it is no longer than ``window``). Periodic: 0, stride, ... < length, the
-    last ones wrapping past the end (every voxel is covered the same number of times when
-    ``stride`` divides ``length``)."""
+    whole axis when it is no longer than ``window``). Periodic: ⌈length/stride⌉ windows spread
+    evenly round the axis (multiples of ``factor``), the last ones wrapping past the end;
+    every voxel is covered the same number of times when ``stride`` divides ``length``."""
     if periodic:
-        return list(range(0, length, stride))
+        k = -(-length // stride)
+        return sorted({round(i * length / k / factor) * factor % length for i in range(k)})
     if length <= window:
         return [0]
     starts = list(range(0, length - window + 1, stride))
@@ -50,12 +51,9 @@ class Tiling:
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         stride = max(factor, int(round(window * (1 - overlap) / factor)) * factor)
-        self.sides = [min(window, s) if not periodic else window for s in self.shape]
-        if periodic and any(s % stride for s in self.shape):
-            raise ValueError(f"a periodic volume's sides {self.shape} must be multiples of the "
-                             f"window stride {stride}")
+        self.sides = [min(window, s) for s in self.shape]
         self.stride = stride
-        self.starts = [window_starts(s, w, stride, periodic)
+        self.starts = [window_starts(s, w, stride, periodic, factor)
                        for s, w in zip(self.shape, self.sides)]
         self.weight = {}  # window shape -> (d, h, w) weights
 

@@ -43,8 +43,12 @@ def test_periodic_windows_cover_every_voxel_equally():
     for corner in t.corners():
         count.index_add_(0, t.index(corner), torch.ones(16 ** 3))
     assert len(t) == 4 * 2 * 6 and torch.all(count == 8)
-    with pytest.raises(ValueError, match="multiples of the window stride"):
-        Tiling((36, 16, 16), 16, overlap=0.5, periodic=True)
+    uneven = Tiling((36, 16, 20), 16, overlap=0.5, periodic=True, factor=2)
+    assert uneven.starts == [[0, 8, 14, 22, 28], [0, 8], [0, 6, 14]]
+    count = torch.zeros(36 * 16 * 20)
+    for corner in uneven.corners():
+        count.index_add_(0, uneven.index(corner), torch.ones(16 ** 3))
+    assert count.min() >= 8  # at least twice along each axis
 
 
 def _pointwise(x, t):
@@ -209,8 +213,8 @@ def test_cli_large_sample_records_how_it_was_made(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--size", "32", "16"], "one side or three"),
     (["--size", "31"], "multiple of 2"),
-    (["--size", "36", "--periodic", "--overlap", "0.5"], "multiples of the window stride"),
     (["--overlap", "1"], "--overlap must be in [0, 1)"),
+    (["--size", "32", "32", "8", "--periodic"], "use --tiling whole"),
     (["--size", "8192"], "GiB are free"),
     (["--size", "2048", "--tiling", "whole"], "GiB are free"),
 ])
