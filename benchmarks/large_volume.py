@@ -56,7 +56,8 @@ def cost(ckpt, size, tiling, steps, threads, precision):
     gen.sample(1, size=size, sampler="dpm++", steps=steps, seed=0, tiling=tiling)
     seconds = (time.perf_counter() - start) / steps
     return {"size": size, "tiling": tiling, "seconds_per_step": seconds,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "estimated_bytes": gen.memory_needed(1, gen.last_plan)}
 
 
 def interface_density(volume, axis):
@@ -310,14 +311,15 @@ def format_md(r, pm):
                 md.append(f"| {tiling} | {label} | {c['generated']} | {c['real_mean']:.1f} ± "
                           f"{c['real_std']:.1f} |")
     md += ["", "## Cost of one volume", "",
-           "| tiling | side | s / step | peak RSS | fully convolutional yardstick, s / step |",
-           "|---|---|---|---|---|"]
+           "| tiling | side | s / step | peak RSS (mdiff's estimate beyond the model) | "
+           "fully convolutional yardstick, s / step |", "|---|---|---|---|---|"]
     for c in r["cost"]:
         if "refused" in c:
             md.append(f"| {c['tiling']} | {c['size']} | refused: {c['refused']} | | |")
             continue
         md.append(f"| {c['tiling']} | {c['size']} | {c['seconds_per_step']:.2f} | "
-                  f"{c['peak_rss_bytes'] / 2**30:.2f} GiB | "
+                  f"{c['peak_rss_bytes'] / 2**30:.2f} GiB "
+                  f"({c['estimated_bytes'] / 2**30:.2f} GiB) | "
                   f"{r['yardstick']['per_voxel'] * c['size'] ** 3:.2f} |")
     return "\n".join(md)
 
