@@ -183,7 +183,8 @@ def test_nan_loss_stops_and_keeps_checkpoint(data_file, tmp_path):
 
 
 def test_objectives_train_save_and_sample(data_file, tmp_path):
-    """Every objective and option trains, is recorded in the checkpoint and samples."""
+    """Every objective and option trains, is recorded in the checkpoint and samples with every
+    sampler, and in windows."""
     for extra in ({"objective": "eps"}, {"objective": "v", "snr_gamma": 5.0},
                   {"objective": "x0", "self_condition": True, "snr_shift": 2.0}):
         out = tmp_path / extra["objective"]
@@ -193,7 +194,10 @@ def test_objectives_train_save_and_sample(data_file, tmp_path):
         assert {k: state["diffusion"][k] for k in extra} == extra
         gen = mdiff.load(ckpt, device="cpu")
         assert gen.diffusion.objective == extra["objective"]
-        assert set(np.unique(gen.sample(1, steps=3, seed=0))) <= {3, 17, 200}
+        for sampler in ("ddim", "dpm++", "ddpm"):
+            assert set(np.unique(gen.sample(1, sampler=sampler, steps=3, seed=0))) <= {3, 17, 200}
+        big = gen.sample(1, size=(16, 16, 24), steps=2, seed=0, tiling="windows", overlap=0.5)
+        assert big.shape == (1, 16, 16, 24)  # windows feed self-conditioning crops too
 
 
 def test_default_objective_is_x0_and_old_checkpoints_load_as_eps(trained, tmp_path):
