@@ -55,7 +55,8 @@ class Tiling:
         self.stride = stride
         self.starts = [window_starts(s, w, stride, periodic, factor)
                        for s, w in zip(self.shape, self.sides)]
-        self.weight = {}  # window shape -> (d, h, w) weights
+        a, b, c = (bump(w) for w in self.sides)
+        self.weights = a[:, None, None] * b[None, :, None] * c[None, None, :]  # of a window
 
     def __len__(self):
         return math.prod(len(s) for s in self.starts)
@@ -73,21 +74,14 @@ class Tiling:
                 for c in self.starts[2]:
                     yield (a, b, c)
 
-    def weights(self):
-        """(d, h, w) fusion weights of a window."""
-        key = tuple(self.sides)
-        if key not in self.weight:
-            a, b, c = (bump(w) for w in key)
-            self.weight[key] = a[:, None, None] * b[None, :, None] * c[None, None, :]
-        return self.weight[key]
 
 
 def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False, batch=8,
-                   factor=1, clip_denoised=True, progress=None):
+                   factor=1, clip_denoised=True):
     """``denoise(x_t, t) -> (x̂_0, ε̂)`` for volumes of spatial ``shape``, from the network run
     on windows of side ``window`` (``batch`` windows a call) whose x̂_0 are fused with
     ``bump`` weights. With self-conditioning, each window is fed its crop of the previous fused
-    x̂_0. ``progress(k, n)`` is called after each batch of windows of a step."""
+    x̂_0."""
     tiling = Tiling(shape, window, overlap, periodic, factor)
     corners = list(tiling.corners())
     indices = [tiling.index(c) for c in corners]
@@ -98,7 +92,7 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
         nonlocal norm
         n, c = x_t.shape[:2]
         flat = x_t.reshape(n, c, -1)
-        weight = tiling.weights().to(x_t.device).reshape(-1)
+        weight = tiling.weights.to(x_t.device).reshape(-1)
         fused = torch.zeros_like(flat)
         if norm is None:
             norm = torch.zeros(flat.shape[-1], device=x_t.device)
@@ -116,8 +110,6 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
             x_start = x_start.reshape(len(chunk), n, c, -1)
             for j, idx in enumerate(chunk):
                 fused.index_add_(2, idx, x_start[j] * weight)
-            if progress:
-                progress(min(k + batch, len(indices)), len(indices))
         fused /= norm
         x_start = fused.reshape(x_t.shape)
         if diffusion.self_condition:
