@@ -83,9 +83,8 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
     ``bump`` weights. With self-conditioning, each window is fed its crop of the previous fused
     x̂_0."""
     tiling = Tiling(shape, window, overlap, periodic, factor)
-    corners = list(tiling.corners())
-    indices = [tiling.index(c) for c in corners]
-    previous = [None]
+    corners = list(tiling.corners())  # window indices are made as needed: all of them at once
+    previous = [None]                 # would take 8 bytes × window voxels × windows
     norm = None
 
     def denoise(x_t, t):
@@ -96,12 +95,12 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
         fused = torch.zeros_like(flat)
         if norm is None:
             norm = torch.zeros(flat.shape[-1], device=x_t.device)
-            for idx in indices:
-                norm.index_add_(0, idx.to(x_t.device), weight)
+            for corner in corners:
+                norm.index_add_(0, tiling.index(corner).to(x_t.device), weight)
         side = tiling.sides
         before = None if previous[0] is None else previous[0].reshape(n, c, -1)
-        for k in range(0, len(indices), batch):
-            chunk = [idx.to(x_t.device) for idx in indices[k:k + batch]]
+        for k in range(0, len(corners), batch):
+            chunk = [tiling.index(corner).to(x_t.device) for corner in corners[k:k + batch]]
             crop = torch.cat([flat[:, :, idx].reshape(n, c, *side) for idx in chunk])
             x_self = None if before is None else torch.cat(
                 [before[:, :, idx].reshape(n, c, *side) for idx in chunk])
