@@ -166,6 +166,9 @@ def main(argv=None):
     ap.add_argument("--precision", default="fp32", help="sampling precision (fp32, bf16)")
     ap.add_argument("--name", help="results name (default: the volume's stem)")
     ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--only-cost", action="store_true",
+                    help="measure the cost alone (on an idle machine) into the results file "
+                         "that a run of the statistics wrote")
     ap.add_argument("--cost-only", nargs=2, metavar=("SIZE", "TILING"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cost_only:
@@ -177,6 +180,13 @@ def main(argv=None):
     patch = gen.patch
     volume = mdiff.read_volume(args.volume)
     pm = PhaseMap.from_volume(volume)
+    name = args.name or Path(args.volume).stem
+    out = Path(args.results)
+    if args.only_cost:
+        result = json.loads((out / f"large_volume_{name}.json").read_text())
+        measure_cost(result, args)
+        write(result, out, name, pm)
+        return
     depth = volume.shape[0]
     z_cut = depth - int(round(args.holdout * depth))
     held = evaluate.grid_cubes(volume, patch, (z_cut, depth))
@@ -186,7 +196,8 @@ def main(argv=None):
     ref = evaluate.describe_set(held, pm, s2_max)
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": gen.step,
               "objective": gen.diffusion.objective, "volume": str(Path(args.volume).resolve()),
-              "size": args.size, "sampler": args.sampler, "steps": args.steps,
+              "size": args.size, "training_size": patch, "sampler": args.sampler,
+              "steps": args.steps,
               "precision": args.precision,
               "device": f"CPU ({platform.processor() or platform.machine()}, "
                         f"{args.threads} threads)",
@@ -223,7 +234,15 @@ def main(argv=None):
         say(f"{tiling}: {seconds:.0f} s a volume; d {entry['d']}; seams "
             + " ".join(f"{a}: z={s['z_score']}" for a, s in entry["seams"].items()))
 
+    measure_cost(result, args)
+    write(result, out, name, pm)
+
+
+def measure_cost(result, args):
     result["cost"] = []
+    result["cost_device"] = f"CPU ({platform.processor() or platform.machine()}, " \
+                            f"{args.threads} threads)"
+    result["cost_command"] = "python benchmarks/large_volume.py " + " ".join(sys.argv[1:])
     for tiling in args.tilings:
         for size in args.cost_sizes:
             cmd = [sys.executable, __file__, args.checkpoint, args.volume, "--cost-only",
@@ -239,11 +258,13 @@ def main(argv=None):
             result["cost"].append(row)
             say(f"cost {tiling} {size}^3: {row['seconds_per_step']:.2f} s/step, peak "
                 f"{row['peak_rss_bytes'] / 2**30:.2f} GiB")
-    base = cost(args.checkpoint, patch, "whole", args.cost_steps, args.threads, args.precision)
+    base = cost(args.checkpoint, result.get("training_size", 32), "whole", args.cost_steps,
+                args.threads, args.precision)
     result["yardstick"] = {"training_cube_seconds_per_step": base["seconds_per_step"],
-                           "per_voxel": base["seconds_per_step"] / patch ** 3}
-    name = args.name or Path(args.volume).stem
-    out = Path(args.results)
+                           "per_voxel": base["seconds_per_step"] / base["size"] ** 3}
+
+
+def write(result, out, name, pm):
     out.mkdir(parents=True, exist_ok=True)
     (out / f"large_volume_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"large_volume_{name}.md").write_text(format_md(result, pm) + "\n")
@@ -310,7 +331,8 @@ def format_md(r, pm):
             for label, c in e.get("periodic", {}).get("chi_closed_minus_periodic", {}).items():
                 md.append(f"| {tiling} | {label} | {c['generated']} | {c['real_mean']:.1f} ± "
                           f"{c['real_std']:.1f} |")
-    md += ["", "## Cost of one volume", "",
+    md += ["", f"## Cost of one volume ({r.get('cost_device', r['device'])})", "",
+           f"`{r.get('cost_command', r['command'])}`", "",
            "| tiling | side | s / step | peak RSS (mdiff's estimate beyond the model) | "
            "fully convolutional yardstick, s / step |", "|---|---|---|---|---|"]
     for c in r["cost"]:
