@@ -50,8 +50,19 @@ def main(argv=None):
     half_b = [held[i] for i in order[len(held) // 2:]]
     s2_max = gen.patch // 2
     ref = evaluate.describe_set(half_a, pm, s2_max)  # as fidelity.py compares
+    name = args.name or Path(args.volume).stem
+    out = Path(args.results)
     rows = {"real (other half)": {"d": d_row(evaluate.compare_sets(
         ref, evaluate.describe_set(half_b, pm, s2_max))), "seconds": None, "calls": None}}
+    command = "python benchmarks/sampler_steps.py " + " ".join(argv or sys.argv[1:])
+    commands = [command]
+    old = out / f"sampler_steps_{name}.json"
+    if old.exists():  # runs of the same checkpoint and sample count are kept (--runs adds)
+        before = json.loads(old.read_text())
+        if (before["checkpoint"], before["step"], before["samples"]) == (
+                str(Path(args.checkpoint).resolve()), gen.step, args.samples):
+            rows.update({k: v for k, v in before["runs"].items() if k not in args.runs})
+            commands = before.get("commands", [before.get("command")]) + commands
     for spec in args.runs:
         sampler, _, steps = spec.partition(":")
         t0 = time.perf_counter()
@@ -61,21 +72,22 @@ def main(argv=None):
             list(vols), pm, s2_max))), "seconds": seconds,
             "calls": gen.diffusion.num_timesteps if sampler == "ddpm" else int(steps)}
         print(f"{spec}: {seconds:.0f} s  {rows[spec]['d']}", file=sys.stderr, flush=True)
-    name = args.name or Path(args.volume).stem
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": gen.step,
               "objective": gen.diffusion.objective, "samples": args.samples,
               "device": f"CPU ({platform.processor() or platform.machine()}, "
                         f"{args.threads} threads)", "date": time.strftime("%Y-%m-%d"),
-              "command": "python benchmarks/sampler_steps.py " + " ".join(argv or sys.argv[1:]),
+              "commands": commands,
               "runs": rows}
     md = [f"# Sampler steps: {Path(args.volume).name}, checkpoint step {gen.step} "
           f"({gen.diffusion.objective})", "",
           f"{args.samples} volumes of {gen.patch}³ per run against {len(half_a)} held-out real "
-          f"cubes; d per phase. {result['device']}, {result['date']}. `{result['command']}`", "",
+          f"cubes; d per phase. {result['device']}, {result['date']}.", "",
+          *[f"    {c}" for c in commands], "",
           "| run | network calls | seconds | d φ | d S_V | d χ_V | mean abs ΔS2 | TPB |",
           "|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: " / ".join("–" if x is None else f"{x:.2f}" for x in v)  # noqa: E731
-    for spec, r in rows.items():
+    order = lambda item: (item[1]["calls"] or 0, item[0])  # noqa: E731
+    for spec, r in sorted(rows.items(), key=order):
         d = r["d"]
         tpb = f"{d['tpb_ratio']:.2f}× (d {d['tpb_d']:.2f})" if "tpb_ratio" in d else "–"
         md.append(f"| {spec} | {r['calls'] or '–'} | "
@@ -83,7 +95,6 @@ def main(argv=None):
                   f"{fmt(d['volume_fraction'])} | {fmt(d['specific_surface_area'])} | "
                   f"{fmt(d['euler_density'])} | "
                   + " / ".join(f"{v:.3f}" for v in d["s2_mean_abs_difference"]) + f" | {tpb} |")
-    out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"sampler_steps_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"sampler_steps_{name}.md").write_text("\n".join(md) + "\n")

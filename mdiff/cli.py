@@ -137,10 +137,11 @@ def sample_main(argv=None):
     parser.add_argument("--size", type=int, nargs="+", metavar="S",
                         help="a cube side, or three sides Z Y X (default: the training cube "
                              "side); any size, in memory bounded by --windows")
-    parser.add_argument("--sampler", choices=("ddim", "dpm++", "ddpm"), default="ddim",
-                        help="ddim: --steps re-spaced steps; dpm++: DPM-Solver++(2M), --steps; "
-                             "ddpm: ancestral, all T steps")
-    parser.add_argument("--steps", type=int, default=50, help="steps of ddim and dpm++")
+    parser.add_argument("--sampler", choices=("dpm++", "ddim", "ddpm"), default="dpm++",
+                        help="dpm++: DPM-Solver++(2M) (default); ddim; both take --steps "
+                             "re-spaced steps; ddpm: ancestral, all T steps")
+    parser.add_argument("--steps", type=int,
+                        help="steps of dpm++ (default 30) and ddim (default 50)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="same seed -> same volumes")
     parser.add_argument("--batch", type=int, help="volumes per forward pass (default min(n, 8))")
@@ -163,7 +164,7 @@ def sample_main(argv=None):
     def body(args):
         from .sampling import sample_to_dir
 
-        if args.steps < 1:
+        if args.steps is not None and args.steps < 1:
             raise MdiffError("--steps must be at least 1")
         if args.size is not None and len(args.size) not in (1, 3):
             raise MdiffError("--size takes one side or three (Z Y X)")
@@ -257,8 +258,8 @@ def synth_main(argv=None):
 
 def demo_main(argv=None):
     parser = _parser("mdiff-demo", "The whole job in one command: train a small model on the "
-                     "built-in synthetic microstructure, sample volumes with DDIM, and compare "
-                     "their metrics with real cubes of the training volume.")
+                     "built-in synthetic microstructure, sample volumes (DPM-Solver++), and "
+                     "compare their metrics with real cubes of the training volume.")
     parser.add_argument("--out", default="runs/demo", metavar="DIR")
     parser.add_argument("--steps", type=int, default=300, help="training steps (~1 s each on "
                         "2 CPU cores)")

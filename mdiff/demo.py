@@ -1,4 +1,4 @@
-"""``mdiff-demo``: train on the built-in example, sample with DDIM, compare with real cubes."""
+"""``mdiff-demo``: train on the built-in example, sample, compare with real cubes."""
 import sys
 from pathlib import Path
 
@@ -31,8 +31,8 @@ def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto
          f"{out / 'example.tif'})")
     ckpt = train(example=True, preset=preset, out=out / "run", train={"steps": steps,
                                                                       "device": device})
-    _say(f"[2/3] sampling {samples} volumes with DDIM (50 steps)")
-    paths = sample_to_dir(ckpt, out / "samples", n=samples, sampler="ddim", steps=50, seed=0,
+    _say(f"[2/3] sampling {samples} volumes with DPM-Solver++ (30 steps)")
+    paths = sample_to_dir(ckpt, out / "samples", n=samples, sampler="dpm++", steps=30, seed=0,
                           device=device)
     from .io import read_volume
 
