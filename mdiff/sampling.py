@@ -130,8 +130,9 @@ class Generator:
         the whole volume, attention within training-size windows: faster, memory grows with the
         volume). ``periodic``: the volume tiles space (windows wrap round / circular padding).
         ``sampler`` dpm++ (DPM-Solver++(2M), ``steps`` re-spaced steps, default 30), ddim
-        (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); volume i depends only on (seed, i), not on
-        ``batch``; the volumes are i = first, ..., first + n − 1 (how processes share a job).
+        (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); volume i depends
+        only on (seed, i), not on ``batch``; the volumes are i = first, ..., first + n − 1 (how
+        processes share a job).
         ``progress(done, total)`` is called after every denoising step of every batch."""
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch)
         if sampler not in SAMPLERS:
