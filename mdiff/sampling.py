@@ -109,14 +109,16 @@ class Generator:
                 * self.patch ** 3 if plan["tiling"] == "windows" else n * voxels)
         return buffers + seen * self.model.activation_bytes_per_voxel()
 
-    def denoiser(self, process, plan):
+    def denoiser(self, process, plan, on_windows=None):
+        """The denoiser of ``plan``; ``on_windows(k, K)`` after each network call of a step
+        over windows."""
         if plan["tiling"] == "whole":
             self.model.set_periodic(plan["periodic"])
             return process.denoiser(self._model_fn)
         self.model.set_periodic(False)
         return tiled_denoiser(process, self._model_fn, plan["shape"], plan["window"],
                               plan["overlap"], plan["periodic"], plan["windows_per_call"],
-                              self.model.factor)
+                              self.model.factor, progress=on_windows)
 
     def sample(self, n, size=None, sampler="dpm++", steps=None, seed=None, eta=0.0, batch=None,
                variance="beta_tilde", progress=None, first=0, tiling="windows", overlap=0.25,
@@ -133,7 +135,8 @@ class Generator:
         (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); volume i depends
         only on (seed, i), not on ``batch``; the volumes are i = first, ..., first + n − 1 (how
         processes share a job).
-        ``progress(done, total)`` is called after every denoising step of every batch."""
+        ``progress(done, total)`` is called after every denoising step of every batch (and
+        every network call over windows: ``done`` then counts fractions of a step)."""
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch)
         if sampler not in SAMPLERS:
             raise MdiffError(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -151,8 +154,17 @@ class Generator:
             gens = [torch.Generator().manual_seed(seed * 1_000_003 + first + i)
                     for i in range(start, min(n, start + batch))]
             done = start * process.num_timesteps
-            report = progress and (lambda i, _t, d=done, b=len(gens): progress(d + i * b, total))
-            denoise = self.denoiser(process, plan)
+            step = [0]
+
+            def report(i, _total, d=done, b=len(gens)):
+                step[0] = i
+                progress(d + i * b, total)
+
+            def on_windows(k, count, d=done, b=len(gens)):
+                progress(d + (step[0] + k / count) * b, total)
+
+            report, on_windows = (report, on_windows) if progress else (None, None)
+            denoise = self.denoiser(process, plan, on_windows)
             if sampler == "ddim":
                 x = ddim_sample(denoise, process, shape, gens, self.device, eta=eta,
                                 progress=report)
@@ -200,14 +212,14 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
         steps = int(steps or DEFAULT_STEPS[sampler])
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    last = [0.0]
+    last = [0.0, 0]  # time and volume-steps of the last line
 
     def progress(done, total):
         now = time.perf_counter()
-        if now - last[0] >= 2.0 or done == total:
-            last[0] = now
+        if now - last[0] >= 2.0 or (done == total and last[1] != total):
+            last[:] = [now, done]
             rate = done / max(now - started, 1e-9)
-            log(f"  {done}/{total} volume-steps  {rate:.1f}/s  "
+            log(f"  {done:.1f}/{total} volume-steps  {rate:.2f}/s  "
                 f"ETA {int((total - done) / max(rate, 1e-9))}s")
 
     how = (f"{plan['windows']} windows of {plan['window']}^3 a step (overlap {overlap:g})"

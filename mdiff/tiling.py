@@ -77,11 +77,12 @@ class Tiling:
 
 
 def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False, batch=8,
-                   factor=1, clip_denoised=True):
+                   factor=1, clip_denoised=True, progress=None):
     """``denoise(x_t, t) -> (x̂_0, ε̂)`` for volumes of spatial ``shape``, from the network run
     on windows of side ``window`` (``batch`` windows a call) whose x̂_0 are fused with
     ``bump`` weights. With self-conditioning, each window is fed its crop of the previous fused
-    x̂_0."""
+    x̂_0. ``progress(k, K)`` is called after each network call of a step, k of K windows done
+    (a step over a large volume can take minutes)."""
     tiling = Tiling(shape, window, overlap, periodic, factor)
     corners = list(tiling.corners())  # window indices are made as needed: all of them at once
     previous = [None]                 # would take 8 bytes × window voxels × windows
@@ -109,6 +110,8 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
             x_start = x_start.reshape(len(chunk), n, c, -1)
             for j, idx in enumerate(chunk):
                 fused.index_add_(2, idx, x_start[j] * weight)
+            if progress:
+                progress(k + len(chunk), len(corners))
         fused /= norm
         x_start = fused.reshape(x_t.shape)
         if diffusion.self_condition:
