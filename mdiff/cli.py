@@ -151,11 +151,13 @@ def sample_main(argv=None):
     parser.add_argument("--periodic", action="store_true",
                         help="a volume that tiles space: opposite faces continue each other "
                              "(for simulations with periodic boundaries)")
-    parser.add_argument("--tiling", choices=("windows", "whole"), default="windows",
-                        help="volumes larger than the training cube: windows = overlapping "
-                             "training-size windows fused at every step (memory bounded); "
-                             "whole = the network on the whole volume, attention in windows "
-                             "(faster, memory grows with the volume)")
+    parser.add_argument("--tiling", choices=("auto", "whole", "windows"), default="auto",
+                        help="volumes larger than the training cube: whole = the network on the "
+                             "whole volume, attention in training-size windows (faster, no "
+                             "seams; memory grows with the volume); windows = overlapping "
+                             "training-size windows fused at every step (memory bounded by "
+                             "--windows); auto = whole where it needs at most half the free "
+                             "memory, else windows")
     parser.add_argument("--overlap", type=float, default=0.25,
                         help="fraction of a window shared with its neighbour (--tiling windows)")
     parser.add_argument("--windows", type=int, default=8,

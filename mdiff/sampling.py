@@ -13,7 +13,7 @@ from ._version import __version__
 from .config import UNetConfig, diffusion_config, from_dict
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import atomic_path, check_memory, write_volume
+from .io import atomic_path, check_memory, free_memory, write_volume
 from .phases import PhaseMap
 from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 from .tiling import Tiling, tiled_denoiser
@@ -24,7 +24,7 @@ SAMPLERS = ("dpm++", "ddim", "ddpm")
 # Network calls by default: DPM-Solver++(2M) at 30 steps matched DDIM-50's fidelity figures within
 # the noise of 16 volumes (benchmarks/results/sampler_steps_nmc_3phase_256.md).
 DEFAULT_STEPS = {"dpm++": 30, "ddim": 50}
-TILINGS = ("windows", "whole")
+TILINGS = ("auto", "whole", "windows")
 
 
 class Generator:
@@ -65,12 +65,13 @@ class Generator:
                              f"a positive multiple of {self.model.factor}")
         return sides
 
-    def plan(self, size=None, tiling="windows", overlap=0.25, periodic=False, windows=8, n=1,
+    def plan(self, size=None, tiling="auto", overlap=0.25, periodic=False, windows=8, n=1,
              batch=None):
         """How n samples of ``size`` are denoised: a dict (shape, tiling, window, overlap,
         stride, windows, periodic, batch); "whole" when the volume is no larger than the
-        training cube and not periodic (the network sees it as in training). MdiffError if
-        the request is malformed or needs more memory than is free."""
+        training cube and not periodic (the network sees it as in training); "auto": "whole"
+        where it needs at most half the free memory, else "windows". MdiffError if the
+        request is malformed or needs more memory than is free."""
         shape = self.shape(size)
         if tiling not in TILINGS:
             raise MdiffError(f"--tiling must be one of {TILINGS}, got {tiling!r}")
@@ -80,6 +81,10 @@ class Generator:
             raise MdiffError("--windows must be at least 1")
         if max(shape) <= self.patch and not periodic:
             tiling = "whole"
+        if tiling == "auto":
+            need = self.memory_needed(int(batch or 1), {"shape": shape, "tiling": "whole"})
+            free = free_memory(self.device)
+            tiling = "whole" if free is None or need <= free / 2 else "windows"
         plan = {"shape": list(shape), "tiling": tiling, "periodic": bool(periodic)}
         if tiling == "windows":
             if periodic and min(shape) < self.patch:
@@ -121,16 +126,16 @@ class Generator:
                               self.model.factor, progress=on_windows)
 
     def sample(self, n, size=None, sampler="dpm++", steps=None, seed=None, eta=0.0, batch=None,
-               variance="beta_tilde", progress=None, first=0, tiling="windows", overlap=0.25,
+               variance="beta_tilde", progress=None, first=0, tiling="auto", overlap=0.25,
                periodic=False, windows=8):
         """n volumes as a uint8/uint16 label array (n, d, h, w) with the training labels.
 
         ``size``: None (the training cube), a side or three sides. Volumes larger than the
-        training cube are denoised by ``tiling``: "windows" (overlapping training-size windows
-        whose x̂_0 are fused, ``overlap`` of a window shared with the next, ``windows`` of them
-        per network call: memory bounded by that, not by the volume) or "whole" (the network on
-        the whole volume, attention within training-size windows: faster, memory grows with the
-        volume). ``periodic``: the volume tiles space (windows wrap round / circular padding).
+        training cube are denoised by ``tiling``: "whole" (the network on the whole volume,
+        attention within training-size windows: faster, no seams, memory grows with the
+        volume), "windows" (overlapping training-size windows whose x̂_0 are fused, ``overlap``
+        of a window shared with the next, ``windows`` of them per network call: memory bounded
+        by that, not by the volume) or "auto" (whole where it fits in half the free memory). ``periodic``: the volume tiles space (windows wrap round / circular padding).
         ``sampler`` dpm++ (DPM-Solver++(2M), ``steps`` re-spaced steps, default 30), ddim
         (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); volume i depends
         only on (seed, i), not on ``batch``; the volumes are i = first, ..., first + n − 1 (how
@@ -187,7 +192,7 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
 
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, seed=0, batch=None,
                   eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
-                  tiling="windows", overlap=0.25, periodic=False, windows=8):
+                  tiling="auto", overlap=0.25, periodic=False, windows=8):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
     ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``: see ``Generator.sample``.
 

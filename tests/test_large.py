@@ -201,7 +201,7 @@ def test_cli_large_sample_records_how_it_was_made(ckpt, tmp_path, capsys):
     out = tmp_path / "big"
     assert sample_main([str(ckpt), str(out), "-n", "1", "--size", "32", "16", "48",
                         "--periodic", "--overlap", "0.5", "--steps", "2", "--sampler",
-                        "dpm++"]) == 0
+                        "dpm++", "--tiling", "windows"]) == 0
     info = json.loads((out / "samples.json").read_text())
     assert info["size"] == [32, 16, 48] and info["periodic"] and info["tiling"] == "windows"
     assert info["window"] == 16 and info["overlap"] == 0.5 and info["stride"] == 8
@@ -214,7 +214,7 @@ def test_cli_large_sample_records_how_it_was_made(ckpt, tmp_path, capsys):
     (["--size", "32", "16"], "one side or three"),
     (["--size", "31"], "multiple of 2"),
     (["--overlap", "1"], "--overlap must be in [0, 1)"),
-    (["--size", "32", "32", "8", "--periodic"], "use --tiling whole"),
+    (["--size", "32", "32", "8", "--periodic", "--tiling", "windows"], "use --tiling whole"),
     (["--size", "8192"], "GiB are free"),
     (["--size", "2048", "--tiling", "whole"], "GiB are free"),
 ])
@@ -228,3 +228,15 @@ def test_cli_large_sample_bad_requests_get_one_line(ckpt, tmp_path, capsys, args
 def test_generator_rejects_a_bad_size(ckpt):
     with pytest.raises(MdiffError, match="one side or three"):
         mdiff.load(ckpt).sample(1, size=(16, 16))
+
+
+def test_auto_tiling_takes_the_whole_volume_where_it_fits(ckpt, monkeypatch):
+    from mdiff import sampling
+
+    gen = mdiff.load(ckpt)
+    need = gen.memory_needed(1, {"shape": (64, 64, 64), "tiling": "whole"})
+    monkeypatch.setattr(sampling, "free_memory", lambda device: 2 * need)
+    assert gen.plan(64)["tiling"] == "whole"
+    monkeypatch.setattr(sampling, "free_memory", lambda device: 2 * need - 1)
+    assert gen.plan(64)["tiling"] == "windows"
+    assert gen.plan(16)["tiling"] == "whole"  # the training size is always seen whole
