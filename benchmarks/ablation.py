@@ -149,7 +149,9 @@ def report():
           "variant's cost per step (`ablation_cost.json`), so every row had the same CPU time. "
           "The last two rows of each table are the real-vs-real floor and the fitted Gaussian "
           "baseline. Reproduce a row with `python benchmarks/ablation.py run VOLUME VARIANT "
-          "--threads 1` (the command each run executed is in its JSON).", ""]
+          "--threads 1` (the command each run executed is in its JSON). `synth_coarse.tif`, a "
+          "structure of another length scale and fraction, is `mdiff-synth synth_coarse.tif "
+          "--shape 192,160,160 --fractions 0.3,0.7 --labels 0,255 --length 10 --seed 3`.", ""]
     summary = {}
     for volume, entries in rows.items():
         md += [f"## {volume}", "", "| variant | d φ | d S_V | d χ_V | mean abs ΔS2 | TPB |",
