@@ -272,10 +272,13 @@ def main(argv=None):
 
 
 def measure_cost(result, args):
-    result["cost"] = []
+    """Cost rows of every tiling × side in ``args``; rows of other sides already in ``result``
+    are kept (measure the large sides in a later run)."""
+    result["cost"] = [c for c in result.get("cost", []) if c["size"] not in args.cost_sizes]
     result["cost_device"] = f"CPU ({platform.processor() or platform.machine()}, " \
                             f"{args.threads} threads)"
-    result["cost_command"] = "python benchmarks/large_volume.py " + " ".join(sys.argv[1:])
+    result.setdefault("cost_commands", []).append(
+        "python benchmarks/large_volume.py " + " ".join(sys.argv[1:]))
     for tiling in args.tilings:
         for size in args.cost_sizes:
             cmd = [sys.executable, __file__, args.checkpoint, args.volume, "--cost-only",
@@ -365,10 +368,10 @@ def format_md(r, pm):
                 md.append(f"| {tiling} | {label} | {c['generated']} | "
                           f"{c['real_boundary_term']:.0f} ({c['real_fit_max_residual']:.1f}) |")
     md += ["", f"## Cost of one volume ({r.get('cost_device', r['device'])})", "",
-           f"`{r.get('cost_command', r['command'])}`", "",
+           *[f"    {c}" for c in r.get("cost_commands", [r["command"]])], "",
            "| tiling | side | s / step | peak RSS (mdiff's estimate beyond the model) | "
            "fully convolutional yardstick, s / step |", "|---|---|---|---|---|"]
-    for c in r["cost"]:
+    for c in sorted(r["cost"], key=lambda c: (c["tiling"], c["size"])):
         if "refused" in c:
             md.append(f"| {c['tiling']} | {c['size']} | refused: {c['refused']} | | |")
             continue
