@@ -55,6 +55,7 @@ def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto
     wrote = f"{out / 'comparison.md'}" + (f" and {out / 'comparison.png'}" if plotted else
                                           " (no plot without matplotlib: pip install matplotlib)")
     _say(f"Wrote {wrote}; samples in {out / 'samples'}. d < 0.5 means within "
-         f"the spread of real cubes; a {steps}-step CPU run is far from converged (the README's "
-         "fidelity section says what longer runs reach). Go on with: mdiff-train --resume "
+         f"the spread of real cubes. A {steps}-step CPU run already has the structure's "
+         "fractions and feature size roughly right but not converged (the README's fidelity "
+         "section says what 30 minutes reach). Go on with: mdiff-train --resume "
          f"--out {out / 'run'} --steps {4 * steps}")
