@@ -41,9 +41,10 @@ def bump(window):
 
 
 class Tiling:
-    """The windows of one volume shape: ``windows`` is a list of (linear voxel indices of the
-    window in the volume, window shape). ``window`` is the training cube side; ``overlap`` the
-    fraction of it shared by neighbouring windows (0 ≤ overlap < 1)."""
+    """The windows of one volume shape: ``starts`` per axis, ``corners()`` every window's first
+    voxel, ``index(corner)`` its voxels, ``weights`` its fusion weights. ``window`` is the
+    training cube side (a window is cut to an axis shorter than it); ``overlap`` the fraction
+    of it shared by neighbouring windows (0 ≤ overlap < 1)."""
 
     def __init__(self, shape, window, overlap=0.5, periodic=False, factor=1):
         self.shape = tuple(int(s) for s in shape)
@@ -73,7 +74,6 @@ class Tiling:
             for b in self.starts[1]:
                 for c in self.starts[2]:
                     yield (a, b, c)
-
 
 
 def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False, batch=8,
