@@ -153,13 +153,6 @@ def s2_bands(volumes, crops, phase_map, r_max, patch):
     return out, gen.tolist(), real.tolist()
 
 
-def sub_cubes(volume, size, stride):
-    return [volume[a:a + size, b:b + size, c:c + size]
-            for a in range(0, volume.shape[0] - size + 1, stride)
-            for b in range(0, volume.shape[1] - size + 1, stride)
-            for c in range(0, volume.shape[2] - size + 1, stride)]
-
-
 def d_row(comparison):
     phases = comparison["phases"]
     row = {key: [p[key]["effect_size"] for p in phases]
@@ -250,7 +243,7 @@ def main(argv=None):
                          seed=1, tiling=tiling)
         seconds = (time.perf_counter() - t0) / args.count
         plan = {**gen.last_plan, "training_size": patch}
-        cubes = [c for v in big for c in sub_cubes(v, patch, patch // 2)]
+        cubes = [c for v in big for c in evaluate.grid_cubes(v, patch, stride=patch // 2)]
         entry = {"plan": plan, "seconds_per_volume": seconds, "sub_cubes": len(cubes),
                  "d": d_row(evaluate.compare_sets(ref, evaluate.describe_set(cubes, pm,
                                                                              s2_max)))}

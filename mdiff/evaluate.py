@@ -14,13 +14,15 @@ from .phases import one_hot
 from .report import effect_size, mean_abs_difference, summarise, summary_figures
 
 
-def grid_cubes(volume, size, z_range=None):
-    """Views of the non-overlapping size³ cubes of volume[z0:z1] (no copies)."""
+def grid_cubes(volume, size, z_range=None, stride=None):
+    """Views of the size³ cubes of volume[z0:z1] on a grid of ``stride`` (default ``size``:
+    non-overlapping), no copies."""
     z0, z1 = z_range or (0, volume.shape[0])
+    stride = stride or size
     return [volume[a:a + size, b:b + size, c:c + size]
-            for a in range(z0, z1 - size + 1, size)
-            for b in range(0, volume.shape[1] - size + 1, size)
-            for c in range(0, volume.shape[2] - size + 1, size)]
+            for a in range(z0, z1 - size + 1, stride)
+            for b in range(0, volume.shape[1] - size + 1, stride)
+            for c in range(0, volume.shape[2] - size + 1, stride)]
 
 
 def describe_set(cubes, phase_map, s2_max, boundary="closed", transport=False):

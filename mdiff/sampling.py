@@ -135,7 +135,8 @@ class Generator:
         attention within training-size windows: faster, no seams, memory grows with the
         volume), "windows" (overlapping training-size windows whose x̂_0 are fused, ``overlap``
         of a window shared with the next, ``windows`` of them per network call: memory bounded
-        by that, not by the volume) or "auto" (whole where it fits in half the free memory). ``periodic``: the volume tiles space (windows wrap round / circular padding).
+        by that, not by the volume) or "auto" (whole where it fits in half the free memory).
+        ``periodic``: the volume tiles space (windows wrap round / circular padding).
         ``sampler`` dpm++ (DPM-Solver++(2M), ``steps`` re-spaced steps, default 30), ddim
         (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); volume i depends
         only on (seed, i), not on ``batch``; the volumes are i = first, ..., first + n − 1 (how
