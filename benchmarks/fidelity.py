@@ -3,12 +3,12 @@
 1. hold out the top slab along z (never seen in training);
 2. train (resumable: run it again with more --steps to go on);
 3. generate K volumes with DDIM (and ancestral with --ancestral);
-4. compare them with real cubes of the same size from the held-out slab: per phase mean ± std of
-   φ, S_V, χ_V, TPB; relative error of the means, effect size d, mean |ΔS2|;
-5. reference rows on the same cubes: real vs real (two disjoint halves of the held-out cubes:
-   the noise floor), the fitted truncated-Gaussian baseline (mdiff.synth), and memorisation
-   (each generated volume's best voxel agreement with any training cube under the 48 cube
-   symmetries, next to the same figure for held-out real cubes);
+4. judge them against real cubes of the same size from the held-out slab with the same
+   function as ``mdiff-evaluate`` (``mdiff.evaluate.judge``): per phase and figure mean ± std,
+   effect size, spread ratio, W1/σ against the real-vs-real floor, KS, and a verdict;
+5. beside them the truncated-Gaussian baseline (mdiff.synth) fitted to the training cubes, and
+   memorisation (each generated volume's best voxel agreement with any training cube under
+   the 48 cube symmetries, next to the same figure for held-out real cubes);
 6. write results/<name>.md, .json and .png.
 
     python benchmarks/fidelity.py ../shared/data/nmc_3phase_256.tif --preset small --steps 600
@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import mdiff
@@ -107,12 +106,8 @@ def main(argv=None):
     say = lambda text: print(text, file=sys.stderr, flush=True)
 
     held = evaluate.grid_cubes(volume, size, (z_cut, depth))
-    if len(held) < 4:
+    if len(held) < evaluate.MIN_REAL_CUBES:
         sys.exit(f"the held-out slab holds only {len(held)} cubes of {size}^3; raise --holdout")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(held))
-    half_a = [held[i] for i in order[: len(held) // 2]]
-    half_b = [held[i] for i in order[len(held) // 2:]]
     say(f"{len(held)} held-out real cubes of {size}^3 (z >= {z_cut})")
     t0 = time.perf_counter()
     samples = {"DDIM-%d" % args.ddim_steps: gen.sample(args.samples, sampler="ddim",
@@ -124,19 +119,23 @@ def main(argv=None):
         samples[f"DDPM-{gen.diffusion.num_timesteps}"] = gen.sample(
             args.ancestral_samples or args.samples, sampler="ddpm", seed=1)
         t_ddpm = time.perf_counter() - t0
-    fit = evaluate.fit_baseline(half_a, phase_map, s2_max)
+    # the baseline is fitted to what a user has: the training region's cubes
+    fit = evaluate.fit_baseline(evaluate.grid_cubes(volume, size, (0, z_cut)), phase_map,
+                                s2_max)
     baseline = [synth.generate((size,) * 3, fit["fractions"], phase_map.labels, fit["length"],
-                               seed=100 + k) for k in range(max(args.samples, len(half_b)))]
-
-    ref = evaluate.describe_set(half_a, phase_map, s2_max, transport=args.transport)
-    sets = {"real (other half)": half_b, **{k: list(v) for k, v in samples.items()},
+                               seed=100 + k) for k in range(args.samples)]
+    sets = {**{k: list(v) for k, v in samples.items()},
             f"Gaussian baseline (l={fit['length']})": baseline}
-    described = {k: evaluate.describe_set(v, phase_map, s2_max, transport=args.transport)
-                 for k, v in sets.items()}
-    comparisons = {k: evaluate.compare_sets(ref, v) for k, v in described.items()}
-    memo = {k: evaluate.nearest_training_agreement(list(v), volume, phase_map, size,
-                                                   max(size // 4, 1), (0, z_cut))
-            for k, v in {**samples, "real held-out": half_b[: args.samples]}.items()}
+
+    def measured(name, cubes):
+        return evaluate.describe_cubes(cubes, phase_map, s2_max, args.transport,
+                                       evaluate._Progress(name, say))
+
+    result = evaluate.judge(measured("real", held),
+                            {k: measured(k, v) for k, v in sets.items()})
+    result["memorisation"] = evaluate.memorisation(
+        volume, {k: list(v) for k, v in samples.items()}, held[: args.samples], phase_map,
+        size, f"{Path(args.volume).name} z < {z_cut}", (0, z_cut), say)
 
     device = gen.device
     info = {"volume": str(args.volume), "shape": list(volume.shape), "labels":
@@ -144,44 +143,35 @@ def main(argv=None):
             "config": json.loads((run_dir / "config.json").read_text()),
             "command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None
                                                                      else argv),
-            "held_out_z": [z_cut, depth], "cube": size, "real_cubes": [len(half_a), len(half_b)],
+            "held_out_z": [z_cut, depth], "cube": size, "real_cubes": len(held),
             "samples": {k: len(v) for k, v in samples.items()}, "device": device_name(device),
             "precision": json.loads((run_dir / "config.json").read_text())["train"]["precision"],
             "train_wall_s": train_wall,
             "train_wall_s_this_invocation": t_train, "ddim_wall_s": t_ddim,
-            "ddpm_wall_s": t_ddpm,
-            "baseline": fit, "comparisons": comparisons,
-            "memorisation": {k: {"mean": float(v.mean()), "max": float(v.max())}
-                             for k, v in memo.items()}}
+            "ddpm_wall_s": t_ddpm, "baseline": fit, "evaluation": result}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
     walls = {f"DDIM-{args.ddim_steps}": t_ddim, f"DDPM-{gen.diffusion.num_timesteps}": t_ddpm}
     made = ", ".join(f"{k} {len(v)} volumes in {walls[k]:.0f} s" for k, v in samples.items())
-    base_tpb = comparisons[list(sets)[-1]].get("tpb_density")
+    tpb = [v for v in result["verdicts"] if v["figure"] == "tpb_density"
+           and v["set"].startswith("Gaussian")]
     tpb_note = (" The truncated-Gaussian baseline thresholds one field, so its phases are "
                 "ordered by level and never meet all three at an edge: its TPB density is 0."
-                if base_tpb and base_tpb["mean"] == 0 else "")
+                if tpb and tpb[0]["mean"] == 0 else "")
     diff = info["config"]["diffusion"]
     md = [f"# Fidelity: {Path(args.volume).name}, preset `{args.preset}`, {gen.step} steps, "
           f"objective `{diff.get('objective', 'eps')}`", "", f"`{info['command']}`", "",
           f"Device: {info['device']}; training {info['precision']}, "
           f"{train_wall / 60:.0f} min over all invocations. "
-          f"Training cubes from z < {z_cut}; {len(half_a)} real "
-          f"{size}^3 cubes from the held-out slab are the reference, the other {len(half_b)} "
-          f"the real-vs-real noise floor. Generated: {made}. Closed boundary, voxel units. "
-          "rel. err = |Δmean| / mean_real; d = |Δmean| / std_real." + tpb_note
+          f"Training cubes from z < {z_cut}; the {len(held)} real {size}^3 cubes of the "
+          f"held-out slab are the reference. Generated: {made}; the baseline is fitted to the "
+          "training cubes' fractions and S2. Closed boundary, voxel units." + tpb_note
           + (" perc. (percolating fraction, 6-connected) and D_eff/D (steady diffusion, "
              "TauFactor's convention) are each cube's mean over z, y and x." if args.transport
-             else ""), "",
-          evaluate.format_comparisons(ref, comparisons), "",
-          "Memorisation: best voxel agreement of each volume with any training cube (48 "
-          "symmetries, stride " f"{max(size // 4, 1)}); generated volumes should sit near the "
-          "held-out real cubes, not near 1.0.", "",
-          "| set | mean | max |", "|---|---|---|"]
-    md += [f"| {k} | {v['mean']:.3f} | {v['max']:.3f} |" for k, v in info["memorisation"].items()]
+             else ""), "", evaluate.format_markdown(result)]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
-    if not evaluate.plot_sets(out / f"{name}.png", ref, described, phase_map.labels):
+    if not evaluate.plot_result(out / f"{name}.png", result):
         say("matplotlib missing: no plot (pip install 'mdiff[plot]')")
     print("\n".join(md))
 

@@ -6,14 +6,18 @@ import sys
 from . import cli
 
 COMMANDS = {"train": cli.train_main, "sample": cli.sample_main, "metrics": cli.metrics_main,
+            "evaluate": cli.evaluate_main,
             "synth": cli.synth_main, "demo": cli.demo_main}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    usage = f"usage: python -m mdiff {{{','.join(COMMANDS)}}} [ARGS]  (each has --help)"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m mdiff {{{','.join(COMMANDS)}}} [ARGS]  (each has --help)",
-              file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     return COMMANDS[argv[0]](argv[1:])
 

@@ -6,6 +6,7 @@ on stderr and exit status 2, never a traceback.
 """
 import argparse
 import dataclasses
+import json
 import sys
 
 from ._version import __version__
@@ -39,8 +40,8 @@ def _run(prog, parser, body, argv):
         print(f"{prog}: error: {exc.filename or ''}{': ' if exc.filename else ''}"
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 
@@ -82,6 +83,22 @@ def _config_flags(parser, presets, part, title, skip=()):
                                metavar=f.name.upper())
 
 
+def _threads_flag(parser):
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of torch (default: every core). Two jobs on one "
+                             "machine: give each --threads 1, or they stall each other")
+
+
+def _set_threads(threads):
+    if threads is None:
+        return
+    if threads < 1:
+        raise MdiffError("--threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -103,10 +120,15 @@ def train_main(argv=None):
                         help="run directory: config.json, loss.jsonl, checkpoint.pt")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (bit-for-bit)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that already holds a run (its "
+                             "checkpoint, config and loss log are replaced); without it such "
+                             "an --out is refused")
     parser.add_argument("--procs", type=int, default=1, metavar="N",
                         help="data-parallel processes on this machine (one thread each on a "
                              "CPU; --batch-size is split over them). Under torchrun leave it "
                              "at 1: torchrun starts the processes")
+    _threads_flag(parser)
     _config_flags(parser, PRESETS, "unet", "model (override the preset)", skip=("phases",))
     _config_flags(parser, PRESETS, "diffusion", "diffusion")
     _config_flags(parser, PRESETS, "train", "training")
@@ -116,14 +138,18 @@ def train_main(argv=None):
 
         if args.example and args.data:
             raise MdiffError("give data files or --example, not both")
+        if args.resume and args.overwrite:
+            raise MdiffError("--resume goes on with a run, --overwrite starts it over: give one")
         if not args.example and not args.data and not args.resume:
             raise MdiffError("no training data: give DATA.tif or --example "
                              "(see mdiff-train --help)")
         if args.procs < 1:
             raise MdiffError("--procs must be at least 1")
+        _set_threads(args.threads)
         values = vars(args)
         train(args.data, args.phases, args.example, args.preset, args.out, args.resume,
-              unet=values, diffusion=values, train=values, procs=args.procs)
+              unet=values, diffusion=values, train=values, procs=args.procs,
+              overwrite=args.overwrite)
 
     return _run("mdiff-train", parser, body, argv)
 
@@ -162,6 +188,10 @@ def sample_main(argv=None):
                         help="fraction of a window shared with its neighbour (--tiling windows)")
     parser.add_argument("--windows", type=int, default=8,
                         help="windows per network call (--tiling windows): bounds the memory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the sample set already in OUT_DIR (as a whole, once the "
+                             "new one is complete); without it such a folder is refused")
+    _threads_flag(parser)
 
     def body(args):
         from .sampling import sample_to_dir
@@ -172,10 +202,11 @@ def sample_main(argv=None):
             raise MdiffError("--size takes one side or three (Z Y X)")
         size = None if args.size is None else (args.size[0] if len(args.size) == 1
                                                else tuple(args.size))
+        _set_threads(args.threads)
         sample_to_dir(args.checkpoint, args.out_dir, args.count, size, args.sampler,
                       args.steps, args.seed, args.batch, args.eta, args.device, args.precision,
                       not args.no_ema, tiling=args.tiling, overlap=args.overlap,
-                      periodic=args.periodic, windows=args.windows)
+                      periodic=args.periodic, windows=args.windows, overwrite=args.overwrite)
 
     return _run("mdiff-sample", parser, body, argv)
 
@@ -186,7 +217,7 @@ def metrics_main(argv=None):
                      "correlation, triple-phase boundary density. Several files: the first is "
                      "the reference, the others are compared with it.")
     parser.add_argument("files", nargs="+", metavar="A.tif")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (SPEC §4)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (schema: README, section JSON output)")
     parser.add_argument("--s2-max", type=int, default=64, metavar="R",
                         help="largest S2 distance, voxels (clipped to the smallest side - 1)")
     parser.add_argument("--boundary", choices=("closed", "periodic"), default="closed",
@@ -221,6 +252,8 @@ def metrics_main(argv=None):
             raise MdiffError("--subvolume must be at least 2")
         if args.voxel_size is not None and not args.voxel_size > 0:
             raise MdiffError("--voxel-size must be positive")
+        if args.plot:
+            _check_plot_target(args.plot)
         result = report.measure(args.files, args.s2_max, args.boundary, args.subvolume,
                                 args.voxel_size, transport=args.transport,
                                 transport_tol=args.transport_tol, device=args.device)
@@ -229,6 +262,111 @@ def metrics_main(argv=None):
             report.plot(result, args.plot)
 
     return _run("mdiff-metrics", parser, body, argv)
+
+
+def evaluate_main(argv=None):
+    parser = _parser("mdiff-evaluate", "Judge generated volumes (from mdiff or any other "
+                     "generator) against real cubes of the same size, on the distribution of "
+                     "their per-cube figures: effect size, spread ratio, Wasserstein-1 and "
+                     "Kolmogorov-Smirnov, with a verdict calibrated on random splits of the "
+                     "real cubes. Exit 0 whatever the verdicts; 2 for bad input.")
+    parser.add_argument("real", metavar="REAL.tif",
+                        help="the real segmented volume (use --real-region for a held-out slab)")
+    parser.add_argument("generated", nargs="+", metavar="GENERATED",
+                        help="a folder of volumes (what mdiff-sample writes) or a volume file; "
+                             "each argument is one set, judged on its own")
+    parser.add_argument("--size", type=int, metavar="S",
+                        help="cube side: volumes of S^3 are used whole, larger ones and the "
+                             "real volume are cut into non-overlapping S^3 cubes (default: the "
+                             "generated volumes' side if all are cubes of one side <= 128, "
+                             "else 64)")
+    parser.add_argument("--real-region", metavar="Z0:Z1",
+                        help="slab of the real volume along z to cut real cubes from, e.g. "
+                             "192:256 for a slab the model never saw (default: all of it)")
+    parser.add_argument("--map", metavar="FROM:TO,...",
+                        help="map the generated volumes' labels onto the real ones, e.g. "
+                             "0:0,1:127,2:255 for another tool's 0/1/2")
+    parser.add_argument("--training", metavar="TRAIN.tif",
+                        help="the volume the generator was trained on: adds memorisation (best "
+                             "voxel agreement with any of its cubes under 48 symmetries)")
+    parser.add_argument("--memorisation-cubes", type=int, default=16, metavar="K",
+                        help="cubes per set checked for memorisation (each costs a pass over "
+                             "the training volume)")
+    parser.add_argument("--transport", action="store_true",
+                        help="also percolating fraction and D_eff/D per phase (each cube's "
+                             "mean over z, y, x); minutes for hundreds of cubes")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the transport solver: cpu, cuda, cuda:N")
+    parser.add_argument("--permutations", type=int, default=200, metavar="P",
+                        help="random splits of the real cubes behind each verdict's floor")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits")
+    parser.add_argument("--s2-max", type=int, metavar="R", help="largest S2 distance "
+                        "(default: half the cube side)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write DIR/report.md, report.json and report.png")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as one JSON object instead of the tables")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="write the figure (S2 with the real band, per-cube box plots)")
+
+    def body(args):
+        from pathlib import Path
+
+        from . import evaluate
+        from .io import atomic_path
+
+        if args.size is not None and args.size < 4:
+            raise MdiffError("--size must be at least 4")
+        if args.memorisation_cubes < 1:
+            raise MdiffError("--memorisation-cubes must be at least 1")
+        if args.s2_max is not None and args.s2_max < 0:
+            raise MdiffError("--s2-max must be >= 0")
+        if args.plot:
+            _check_plot_target(args.plot)
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise MdiffError(f"--out {args.out}: exists and is not a folder")
+        if args.transport and args.device != "cpu":
+            from .training import resolve_device
+
+            resolve_device(args.device)
+        mapping = evaluate.parse_map(args.map) if args.map else None
+        result = evaluate.evaluate_files(
+            args.real, args.generated, args.size, args.real_region, mapping, args.training,
+            args.transport, args.permutations, args.seed, args.s2_max,
+            args.memorisation_cubes, args.device)
+        result["command"] = "mdiff-evaluate " + " ".join(
+            sys.argv[1:] if argv is None else argv)
+        text = evaluate.format_markdown(result)
+        print(json.dumps(result, allow_nan=False) if args.json else text)
+        if args.plot:
+            evaluate.plot_result(args.plot, result)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for name, content in (("report.md", f"`{result['command']}`\n\n{text}\n"),
+                                  ("report.json", json.dumps(result, indent=1,
+                                                             allow_nan=False) + "\n")):
+                with atomic_path(out / name) as tmp:
+                    Path(tmp).write_text(content)
+            if not evaluate.plot_result(out / "report.png", result):
+                print("mdiff-evaluate: no report.png without matplotlib "
+                      "(pip install 'mdiff[plot]')", file=sys.stderr)
+
+    return _run("mdiff-evaluate", parser, body, argv)
+
+
+def _check_plot_target(path):
+    """Before any work: matplotlib is there and the figure's folder exists (one line if not)."""
+    from pathlib import Path
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MdiffError("--plot needs matplotlib: pip install 'mdiff[plot]' "
+                         "(or pip install matplotlib)") from None
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise MdiffError(f"--plot {path}: the folder {folder} does not exist")
 
 
 def synth_main(argv=None):
@@ -241,8 +379,9 @@ def synth_main(argv=None):
                         help="Z,Y,X or one side for a cube")
     parser.add_argument("--fractions", type=_floats, default=EXAMPLE.fractions,
                         help="volume fraction per phase, summing to 1")
-    parser.add_argument("--labels", type=_ints, default=EXAMPLE.labels,
-                        help="label value per phase")
+    parser.add_argument("--labels", type=_ints,
+                        help="label value per phase (default: 0 and 255 spread evenly over "
+                             "the phases: 0,255 for two, 0,127,255 for three)")
     parser.add_argument("--length", type=float, default=EXAMPLE.length,
                         help="correlation length (smoothing std), voxels")
     parser.add_argument("--seed", type=int, default=EXAMPLE.seed)
@@ -252,7 +391,9 @@ def synth_main(argv=None):
         from .synth import generate
 
         shape = args.shape * 3 if len(args.shape) == 1 else args.shape
-        write_volume(args.out, generate(shape, args.fractions, args.labels, args.length,
+        n = len(args.fractions)
+        labels = args.labels or tuple(255 * i // (n - 1) for i in range(n)) if n > 1 else (0,)
+        write_volume(args.out, generate(shape, args.fractions, labels, args.length,
                                         args.seed))
 
     return _run("mdiff-synth", parser, body, argv)
@@ -268,10 +409,13 @@ def demo_main(argv=None):
     parser.add_argument("--samples", type=int, default=8, help="volumes to generate")
     parser.add_argument("--preset", default="small", help="model preset")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that holds an earlier demo (its run and "
+                             "samples are replaced)")
 
     def body(args):
         from .demo import run_demo
 
-        run_demo(args.out, args.steps, args.samples, args.preset, args.device)
+        run_demo(args.out, args.steps, args.samples, args.preset, args.device, args.overwrite)
 
     return _run("mdiff-demo", parser, body, argv)

@@ -6,6 +6,7 @@ written back. Writing is atomic: a temporary file beside the target, then a rena
 """
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,49 @@ def read_volume(path, with_meta=False):
         raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff or .npy")
     volume = check_volume(volume, name=str(path))
     return (volume, meta) if with_meta else volume
+
+
+def volume_shape(path):
+    """(D, H, W) of a volume file without reading its voxels (MdiffError as ``read_volume``),
+    so a set of large volumes can be planned before any is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise MdiffError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        else:
+            raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff or .npy")
+    except MdiffError:
+        raise
+    except Exception as exc:  # numpy and tifffile raise several types for foreign files
+        raise MdiffError(f"{path}: not a readable volume ({_first_line(exc)})") from None
+    if len(shape) != 3:
+        raise MdiffError(f"{path}: an array of shape {tuple(shape)}; expected a 3D (z, y, x) "
+                         "volume")
+    return tuple(int(s) for s in shape)
+
+
+def volume_files(folder):
+    """The .tif/.tiff/.npy files of a folder in natural name order (sample_2 before
+    sample_10); MdiffError if there are none."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES
+             and not p.name.startswith(".")]
+    if not files:
+        raise MdiffError(f"{folder}: no .tif/.tiff/.npy volumes in this folder")
+    return sorted(files, key=_natural_key)
+
+
+def _natural_key(path):
+    return [int(part) if part.isdigit() else part.lower()
+            for part in re.split(r"(\d+)", path.name)]
 
 
 def _read_npy(path):

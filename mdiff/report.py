@@ -15,6 +15,7 @@ from ._version import __version__
 from .errors import MdiffError
 from .io import read_volume
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
+from .stats import compare_values, effect_size
 
 # (key in a phase entry, short name for tables, format)
 FIGURES = [
@@ -62,21 +63,32 @@ def subvolumes(volume, size):
 
 
 def summarise(entries):
-    """Mean and std over cube entries of every figure: {"count", "phases": [...], "tpb_density"}."""
+    """Mean, std and per-cube values of every figure over cube entries:
+    {"count", "phases": [...], "tpb_density"}; S2 as the mean curves."""
     out = {"count": len(entries), "phases": []}
     for i, phase in enumerate(entries[0]["phases"]):
         row = {"label": phase["label"]}
         for key, _, _ in figures(phase):
-            values = np.array([value(e["phases"][i], key) for e in entries])
-            row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))
-                        if len(values) > 1 else 0.0}
+            row[key] = _mean_std([value(e["phases"][i], key) for e in entries])
+        if "transport" in phase:
+            row["effective_diffusivity_axes"] = {
+                axis: _mean_std([e["phases"][i]["transport"][axis]["effective_diffusivity"]
+                                 or 0.0 for e in entries]) for axis in phase["transport"]}
         row["s2"] = {axis: np.mean([e["phases"][i]["s2"][axis] for e in entries], axis=0).tolist()
                      for axis in "zyx"}
         out["phases"].append(row)
     tpb = [e["tpb_density"] for e in entries]
-    out["tpb_density"] = None if tpb[0] is None else {
-        "mean": float(np.mean(tpb)), "std": float(np.std(tpb, ddof=1)) if len(tpb) > 1 else 0.0}
+    out["tpb_density"] = None if tpb[0] is None else _mean_std(tpb)
     return out
+
+
+def _mean_std(values):
+    """{"mean", "std" (ddof 1; 0 for one value), "values"}: the per-cube values are kept so
+    that sets can be compared as distributions (``mdiff.stats``), not only by their means."""
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "values": values.tolist()}
 
 
 def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None, warn=None,
@@ -102,15 +114,19 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
     if transport:
         from .transport import DEFAULT_TOL
 
-        kw = {"transport": True, "transport_tol": transport_tol or DEFAULT_TOL, "device": device}
+        kw = {"transport": True, "transport_tol": transport_tol or DEFAULT_TOL, "device": device,
+              "log": lambda text: print(text, file=sys.stderr, flush=True)}
         result["transport"] = {"connectivity": 6, "tolerance": kw["transport_tol"],
                                "criterion": "relative spread of the flux through planes",
                                "device": str(device)}
     for path, volume in zip(paths, volumes):
+        if transport:
+            kw["log"](f"mdiff-metrics: transport in {path}: {phase_map.n} phases x 3 axes")
         entry = metrics.describe(volume, phase_map, s2_max, boundary, voxel_size, path=path,
                                  **kw)
         if subvolume:
-            cubes = [metrics.describe(c, phase_map, s2_max, boundary, voxel_size, **kw)
+            cubes = [metrics.describe(c, phase_map, s2_max, boundary, voxel_size,
+                                      **{**kw, "log": None})
                      for c in subvolumes(volume, subvolume)]
             entry["subvolumes"] = {"size": subvolume, **summarise(cubes)}
         result["volumes"].append(entry)
@@ -143,10 +159,8 @@ def compare(ref, other, subvolume=None):
             if subvolume:
                 rs = ref["subvolumes"]["phases"][len(out["phases"])][key]
                 os_ = other["subvolumes"]["phases"][len(out["phases"])][key]
-                cell.update(reference_mean=rs["mean"], reference_std=rs["std"],
-                            mean=os_["mean"], std=os_["std"],
-                            relative_difference_of_means=_relative(os_["mean"], rs["mean"]),
-                            effect_size=effect_size(os_["mean"], rs["mean"], rs["std"]))
+                cell.update(compare_values(rs["values"], os_["values"]),
+                            relative_difference_of_means=_relative(os_["mean"], rs["mean"]))
             row[key] = cell
         row["s2_mean_abs_difference"] = {
             axis: mean_abs_difference(rp["s2"][axis], op["s2"][axis]) for axis in "zyx"}
@@ -162,11 +176,6 @@ def compare(ref, other, subvolume=None):
                               "relative_difference": _relative(other["tpb_density"],
                                                                ref["tpb_density"])}
     return out
-
-
-def effect_size(mean, reference_mean, reference_std):
-    """d = |mean − mean_ref| / std_ref; None when the reference does not vary."""
-    return None if reference_std == 0 else abs(mean - reference_mean) / reference_std
 
 
 def mean_abs_difference(a, b):
@@ -192,10 +201,11 @@ def format_report(result):
         lines.append(f"{v['path']}: {'x'.join(map(str, v['shape']))} voxels, "
                      f"{len(v['phases'])} phases")
     lines.append("")
-    names = [_short(v["path"]) for v in vols]
+    names = short_names([v["path"] for v in vols])
+    w = max(14, *(len(n) for n in names))
     sub = "subvolumes" in vols[0]
     head = f"{'figure':<10} {'label':>5}  " + "  ".join(
-        f"{n:>14}" + ("" if i == 0 else f" {'diff':>8}") for i, n in enumerate(names))
+        f"{n:>{w}}" + ("" if i == 0 else f" {'diff':>8}") for i, n in enumerate(names))
     lines.append(head)
     lines.append("-" * len(head))
     for i, phase in enumerate(vols[0]["phases"]):
@@ -206,17 +216,17 @@ def format_report(result):
                 value = p["euler"]["chi"] if key == "chi" else p[key]
                 ref = phase["euler"]["chi"] if key == "chi" else phase[key]
                 text = fmt.format(value)
-                cells.append(f"{text:>14}" + ("" if j == 0 else
+                cells.append(f"{text:>{w}}" + ("" if j == 0 else
                                               f" {_pct(_relative(value, ref)):>8}"))
             lines.append(f"{short:<10} {phase['label']:>5}  " + "  ".join(cells))
         if "transport" in phase:
-            lines += _transport_rows(vols, i)
+            lines += _transport_rows(vols, i, w)
         lines.append("")
     if vols[0]["tpb_density"] is not None:
         cells = []
         for j, v in enumerate(vols):
             t = v["tpb_density"]
-            cells.append(f"{t:>14.4g}" + ("" if j == 0 else
+            cells.append(f"{t:>{w}.4g}" + ("" if j == 0 else
                                           f" {_pct(_relative(t, vols[0]['tpb_density'])):>8}"))
         lines.append(f"{'TPB':<10} {'':>5}  " + "  ".join(cells))
         lines.append("")
@@ -253,7 +263,7 @@ def format_report(result):
     return "\n".join(lines)
 
 
-def _transport_rows(vols, i):
+def _transport_rows(vols, i, w=14):
     """Per axis: percolating fraction, D_eff/D, τ (inf: no path) of phase i in every volume."""
     lines = []
     for key, short in (("percolating_fraction", "perc."), ("isolated_fraction", "isolated"),
@@ -269,7 +279,7 @@ def _transport_rows(vols, i):
                 else:
                     text = f"{x:.4g}" + ("" if t["converged"] else "*")
                 diff = "" if j == 0 else f" {_pct(_relative_or_none(x, ref[key])):>8}"
-                cells.append(f"{text:>14}{diff}")
+                cells.append(f"{text:>{w}}{diff}")
             lines.append(f"{short + ' ' + axis:<10} {vols[0]['phases'][i]['label']:>5}  "
                          + "  ".join(cells))
     for v in vols:
@@ -304,6 +314,19 @@ def _format_subvolumes(result):
 def _short(path):
     text = str(path)
     return text if len(text) <= 14 else "…" + text[-13:]
+
+
+def short_names(paths, width=14):
+    """Column headers for paths: each cut from the left to ``width`` characters, or only as
+    far as keeps them distinct (``a/sample_000.tif`` and ``b/sample_000.tif`` stay apart)."""
+    texts = [str(p) for p in paths]
+    keep = width - 1
+    while keep < max(map(len, texts)):
+        cut = [t if len(t) <= keep + 1 else "…" + t[-keep:] for t in texts]
+        if len(set(cut)) == len(set(texts)):
+            return cut
+        keep += 1
+    return texts
 
 
 def to_json(result):

@@ -1,9 +1,13 @@
-"""Set comparison, the fitted baseline, the memorisation check and the one-command demo."""
+"""Set comparison, the calibrated verdicts, mdiff-evaluate, the fitted baseline, the
+memorisation check and the one-command demo."""
+import json
+
 import numpy as np
 import pytest
+import tifffile
 
-from mdiff import evaluate, metrics, synth
-from mdiff.cli import demo_main
+from mdiff import evaluate, metrics, synth, write_volume
+from mdiff.cli import demo_main, evaluate_main
 from mdiff.data import apply_symmetry
 from mdiff.phases import PhaseMap
 
@@ -37,6 +41,7 @@ def test_compare_sets_matches_hand_computed_figures(structure):
                                                       / phi_a.mean())
         assert row["effect_size"] == pytest.approx(abs(phi_b.mean() - phi_a.mean())
                                                    / phi_a.std(ddof=1))
+        assert row["spread_ratio"] == pytest.approx(phi_b.std(ddof=1) / phi_a.std(ddof=1))
     same = evaluate.compare_sets(a, a)
     assert all(p["s2_mean_abs_difference"] == 0 for p in same["phases"])
     assert same["tpb_density"]["effect_size"] == 0
@@ -61,13 +66,12 @@ def test_memorisation_finds_rotated_training_cubes(structure):
     assert evaluate.nearest_training_agreement([copy], structure, pm, 16, 8, (24, 48))[0] < 1
 
 
-def test_plot_sets_writes_a_png(structure, tmp_path):
+def test_plot_result_writes_a_png(structure, tmp_path):
     pytest.importorskip("matplotlib")
     pm = PhaseMap((0, 127, 255))
-    cubes = evaluate.grid_cubes(structure, 16)
-    ref = evaluate.describe_set(cubes[:9], pm, 8)
-    assert evaluate.plot_sets(tmp_path / "c.png", ref,
-                              {"other": evaluate.describe_set(cubes[9:], pm, 8)}, pm.labels)
+    cubes = evaluate.describe_cubes(evaluate.grid_cubes(structure, 16), pm, 8)
+    result = evaluate.judge(cubes[:18], {"other": cubes[18:]}, permutations=20)
+    assert evaluate.plot_result(tmp_path / "c.png", result)
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,3 +92,192 @@ def test_demo_bad_steps_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "mdiff-demo: error: --steps must be at least 1, got 0"
     assert not (tmp_path / "d").exists()  # checked before anything is written
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts on per-cube values chosen by hand
+
+
+def _entries(phi, rng):
+    """describe()-like entries of 2-phase cubes whose figures are given per cube: phase 0 has
+    the φ values ``phi``, S_V and χ_V noise of fixed spread, S2 a curve from φ."""
+    out = []
+    for f in phi:
+        curve = [f] + [f * f + (f - f * f) * np.exp(-r / 3) for r in range(1, 9)]
+        phases = []
+        for label, frac in ((0, f), (1, 1 - f)):
+            phases.append({"label": label, "volume_fraction": frac,
+                           "specific_surface_area": 0.2 + 0.01 * rng.normal(),
+                           "specific_surface_area_faces": 0.3,
+                           "euler_density": 1e-3 * rng.normal(),
+                           "s2": {a: curve if label == 0 else
+                                  [1 - 2 * f + c for c in curve] for a in "zyx"}})
+        out.append({"phases": phases, "tpb_density": None})
+    return out
+
+
+def _verdict(result, figure, phase=0, name="gen"):
+    return next(v for v in result["verdicts"] if v["set"] == name and v["figure"] == figure
+                and v["phase"] == phase)
+
+
+def test_identical_sets_are_as_real():
+    rng = np.random.default_rng(0)
+    real = _entries(rng.normal(0.4, 0.05, 60), rng)
+    result = evaluate.judge(real, {"gen": real}, permutations=50)
+    assert result["as_real"] == result["figures"] == 4 * 2  # phi, S_V, chi_V, S2 per phase
+    assert all(v["verdict"] == "as real" for v in result["verdicts"])
+    assert _verdict(result, "s2")["nrmse"] == 0
+
+
+def test_a_shifted_mean_differs_and_says_so():
+    rng = np.random.default_rng(1)
+    real = _entries(rng.normal(0.4, 0.05, 60), rng)
+    gen = _entries(rng.normal(0.5, 0.05, 30), rng)
+    result = evaluate.judge(real, {"gen": gen}, permutations=100)
+    v = _verdict(result, "volume_fraction")
+    assert v["verdict"] == "differs" and v["d"] > 1.5
+    assert v["why"].startswith("mean +2") and v["ks_p"] < 1e-4
+    assert _verdict(result, "s2")["verdict"] == "differs"
+    # the unchanged figures stay as real
+    assert _verdict(result, "specific_surface_area")["verdict"] == "as real"
+
+
+def test_a_halved_spread_differs_although_the_mean_is_right():
+    rng = np.random.default_rng(2)
+    real = _entries(rng.normal(0.4, 0.06, 120), rng)
+    gen = _entries(rng.normal(0.4, 0.03, 120), rng)
+    result = evaluate.judge(real, {"gen": gen}, permutations=200)
+    v = _verdict(result, "volume_fraction")
+    assert v["d"] < 0.3 and v["spread_ratio"] == pytest.approx(0.5, abs=0.1)
+    assert v["verdict"] == "differs" and "spread 0.5" in v["why"]
+
+
+def test_real_against_real_differs_rarely():
+    # both sets drawn from one distribution: the 95th-percentile floor lets about 5 % of
+    # figures through as "differs", not more
+    rng = np.random.default_rng(3)
+    differs = total = 0
+    for _ in range(30):
+        real = _entries(rng.normal(0.4, 0.05, 48), rng)
+        gen = _entries(rng.normal(0.4, 0.05, 16), rng)
+        for v in evaluate.judge(real, {"gen": gen}, permutations=100,
+                                seed=int(rng.integers(1000)))["verdicts"]:
+            differs += v["verdict"] == "differs"
+            total += 1
+    assert differs / total < 0.12
+
+
+def test_judge_needs_enough_real_cubes():
+    rng = np.random.default_rng(4)
+    with pytest.raises(evaluate.MdiffError, match="at least 8"):
+        evaluate.judge(_entries([0.4] * 5, rng), {"gen": _entries([0.4] * 5, rng)})
+
+
+# ---------------------------------------------------------------------------------------------
+# mdiff-evaluate
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    write_volume(root / "real.tif", synth.generate((48, 32, 32), (0.5, 0.3, 0.2),
+                                                   (0, 127, 255), 2.0, seed=1))
+    gen = root / "gen"
+    gen.mkdir()
+    for k in range(6):
+        write_volume(gen / f"sample_{k:03d}.tif",
+                     synth.generate((16, 16, 16), (0.5, 0.3, 0.2), (0, 127, 255), 2.0, seed=10 + k))
+    (gen / "samples.json").write_text("{}")  # what mdiff-sample writes beside: not a volume
+    return root
+
+
+def test_evaluate_json_contract(files, capsys):
+    assert evaluate_main([str(files / "real.tif"), str(files / "gen"), "--json",
+                          "--permutations", "50"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cube"] == 16 and out["real"]["count"] == 3 * 2 * 2
+    assert out["figures"] == len(out["verdicts"]) == 3 * 4 + 1  # + TPB
+    assert out["as_real"] == sum(v["verdict"] == "as real" for v in out["verdicts"])
+    for v in out["verdicts"]:
+        assert {"set", "phase", "figure", "d", "spread_ratio", "w1_over_sd", "ks_p",
+                "floor_w1_95", "verdict"} <= set(v)
+        assert v["verdict"] in ("as real", "differs")
+    assert [i["cubes"] for i in out["inputs"]] == [1] * 6
+
+
+def test_evaluate_prints_the_verdict_line_first_and_writes_reports(files, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report"
+    assert evaluate_main([str(files / "real.tif"), str(files / "gen"), "--out", str(out),
+                          "--permutations", "30"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("**as real: ")
+    assert "| 127 | S_V |" in text
+    assert json.loads((out / "report.json").read_text())["permutations"] == 30
+    assert (out / "report.md").read_text().startswith("`mdiff-evaluate ")
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_maps_another_tools_labels(files, tmp_path, capsys):
+    real = tifffile.imread(files / "real.tif")
+    other = np.searchsorted([0, 127, 255], real[:32]).astype(np.uint8)  # labels 0/1/2
+    tifffile.imwrite(tmp_path / "other.tif", other)  # one 3D page, 32 x 32 x 32
+    args = [str(files / "real.tif"), str(tmp_path / "other.tif"), "--size", "16", "--json",
+            "--permutations", "30"]
+    assert evaluate_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--map 0:0,1:127,2:255" in err
+    assert evaluate_main(args + ["--map", "0:0,1:127,2:255"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the mapped copy of real cubes: its figures equal the first 8 real cubes' own
+    phi = _verdict(out, "volume_fraction", 0, str(tmp_path / "other.tif"))
+    want = [(c == 0).mean() for c in evaluate.grid_cubes(real[:32], 16)]
+    assert phi["mean"] == pytest.approx(np.mean(want))
+
+
+@pytest.mark.parametrize("case", ["phases", "empty", "size", "corrupt", "region", "map"])
+def test_evaluate_bad_input_is_one_line(files, tmp_path, capsys, case):
+    real, gen = str(files / "real.tif"), str(files / "gen")
+    extra = []
+    if case == "phases":
+        write_volume(tmp_path / "two.tif", synth.generate((16, 16, 16), (0.5, 0.5), (0, 255),
+                                                         2.0, seed=0))
+        gen = str(tmp_path / "two.tif")
+    elif case == "empty":
+        (tmp_path / "none").mkdir()
+        gen = str(tmp_path / "none")
+    elif case == "size":
+        extra = ["--size", "24"]
+    elif case == "corrupt":
+        (tmp_path / "bad.tif").write_bytes(b"II*\x00not a tiff at all")
+        gen = str(tmp_path / "bad.tif")
+    elif case == "region":
+        extra = ["--real-region", "40:20"]
+    else:
+        extra = ["--map", "0-0"]
+    assert evaluate_main([real, gen, "--permutations", "20"] + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mdiff-evaluate: error: ") and err.count("\n") == 1, err
+
+
+def test_evaluate_plot_target_is_checked_before_the_work(files, capsys):
+    assert evaluate_main([str(files / "real.tif"), str(files / "gen"),
+                          "--plot", "/nonexistent/dir/x.png"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "/nonexistent/dir does not exist" in captured.err
+
+
+def test_evaluate_memorisation_finds_copies(files, tmp_path, capsys):
+    real = tifffile.imread(files / "real.tif")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for k, cube in enumerate(evaluate.grid_cubes(real[:16], 16)[:3]):
+        write_volume(copies / f"c{k}.tif", np.rot90(cube, axes=(1, 2)))
+    write_volume(tmp_path / "train.tif", real[:16])  # the real region 16:48 is unseen
+    assert evaluate_main([str(files / "real.tif"), str(copies), "--real-region", "16:48",
+                          "--training", str(tmp_path / "train.tif"), "--json",
+                          "--permutations", "20", "--memorisation-cubes", "2"]) == 0
+    memo = json.loads(capsys.readouterr().out)["memorisation"]["sets"]
+    assert memo[str(copies)]["values"] == [1.0, 1.0]
+    assert memo["real"]["cubes"] == 2 and memo["real"]["max"] < 1.0

@@ -203,7 +203,11 @@ def test_set_comparison_carries_transport_figures():
     assert row["effective_diffusivity"]["reference_mean"] == pytest.approx(np.mean(d_eff),
                                                                            rel=1e-6)
     assert "percolating_fraction" in row
-    table = evaluate.format_comparisons(ref, {"other": evaluate.compare_sets(ref, other)})
+    real = [metrics.describe(c, pm, 4, transport=True) for c in cubes * 2]
+    result = evaluate.judge(real, {"other": real[:3]}, permutations=20)
+    judged = {v["figure"] for v in result["verdicts"]}
+    assert {"percolating_fraction", "effective_diffusivity"} <= judged
+    table = evaluate.format_markdown(result)
     assert "D_eff/D" in table and "perc." in table
 
 
