@@ -9,7 +9,10 @@ from .io import read_volume, write_volume
 
 
 def train(*args, **kwargs):
-    """Train a 3D DDPM; see ``mdiff.train.train``. Returns the checkpoint path."""
+    """Train a 3D DDPM; returns the checkpoint path. Arguments as ``mdiff.training.train``:
+    ``mdiff.train(["a.tif"], phases=3, preset="small", out="runs/a", train={"steps": 3000})``
+    (every model, diffusion and training field can be set through ``unet=``, ``diffusion=``
+    and ``train=`` dicts; ``resume=True`` goes on, ``overwrite=True`` starts a run over)."""
     from .training import train as _train
 
     return _train(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Microstructure metrics of label volumes (SPEC §3): the public API over ``_metrics.pyx``.
+"""Microstructure metrics of label volumes (README, Metrics): the public API over ``_metrics.pyx``.
 
 Per phase: volume fraction, Euler counts (V, E, F, C) of the union of closed voxel cubes and
 χ = V − E + F − C (26-connectivity for the phase), specific surface area by face counting and
@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _metrics
-from .errors import MdiffError
+from .errors import MdiffError, compiled_kernels
 from .io import check_volume
 from .phases import PhaseMap
 from .transport import tortuosity  # noqa: F401  (public API: mdiff.metrics.tortuosity)
+
+_metrics = compiled_kernels()  # one line, not a traceback, when the extension is missing
 
 BOUNDARIES = ("closed", "periodic")
 PACK_BUDGET = 512 * 2**20
@@ -91,7 +92,7 @@ def pairs_examined(shape, periodic=False):
 def crofton_area(pairs, shape, periodic=False):
     """Surface area (voxel² units) from crossing counts (13, ...) by the discrete Crofton formula.
 
-    S_V = 2 Σ_k γ_k I_k / (N_k δ_k)  (SPEC §3); area = S_V · N.
+    S_V = 2 Σ_k γ_k I_k / (N_k δ_k) (discrete Crofton formula); area = S_V · N.
     """
     n_k = pairs_examined(shape, periodic)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -217,7 +218,7 @@ def two_point_correlation(mask, r_max, periodic=False):
 
 
 def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=None, path=None,
-             threads=None, transport=False, transport_tol=None, device="cpu"):
+             threads=None, transport=False, transport_tol=None, device="cpu", log=None):
     """All figures of every phase: one entry of the ``volumes`` list of ``mdiff-metrics --json``.
 
     ``s2_max`` is clipped to the smallest axis length − 1. With ``voxel_size`` (isotropic, in
@@ -225,7 +226,8 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     ``transport``: also each phase's ``"transport"``, per axis z, y, x: percolating and isolated
     fractions (6-connectivity), D_eff/D and τ (``None`` when nothing percolates, i.e. τ = ∞),
     with the solver's iterations, flux spread and convergence (``mdiff.transport``). They do
-    not depend on the voxel size and always use the closed boundary (Dirichlet faces).
+    not depend on the voxel size and always use the closed boundary (Dirichlet faces);
+    ``log`` gets their progress lines.
     """
     volume = check_volume(volume, name=str(path or "volume"))
     periodic = _boundary(boundary)
@@ -264,7 +266,7 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
 
         tol = tr.DEFAULT_TOL if transport_tol is None else transport_tol
         for phase, figures in zip(phases, tr.transport(volume, phase_map, tol=tol,
-                                                       device=device)):
+                                                       device=device, log=log)):
             phase["transport"] = {axis: {k: (None if v == math.inf else v)
                                          for k, v in f.items()} for axis, f in figures.items()}
     if triples is not None:

@@ -12,9 +12,9 @@ MAX_PHASES = 255  # phase indices are stored in uint8 with 255 kept as "outside"
 
 def label_counts(volume):
     """{label: voxel count} of a uint8/uint16 volume, in one pass and without a copy."""
-    from . import _metrics
+    from .errors import compiled_kernels
 
-    counts = _metrics.label_histogram(volume)
+    counts = compiled_kernels().label_histogram(volume)
     labels = np.flatnonzero(counts)
     return {int(v): int(counts[v]) for v in labels}
 

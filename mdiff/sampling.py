@@ -1,6 +1,8 @@
 """Generating volumes from a checkpoint: ``mdiff.load(ckpt).sample(...)`` and ``mdiff-sample``."""
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from .io import atomic_path, check_memory, free_memory, write_volume
 from .phases import PhaseMap
 from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 from .tiling import Tiling, tiled_denoiser
-from .training import autocast, resolve_device
+from .training import autocast, busy_warning, resolve_device
 from .unet import UNet
 
 SAMPLERS = ("dpm++", "ddim", "ddpm")
@@ -186,6 +188,15 @@ class Generator:
         return np.concatenate(out)
 
 
+def _sample_set(folder):
+    """The files of a sample set in a folder: sample_*.tif and samples.json."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.name == "samples.json" or (p.name.startswith("sample_") and p.suffix == ".tif")))
+
+
 def load(path, device="auto", use_ema=True, precision="fp32"):
     """A Generator from a checkpoint file (read with ``weights_only=True``)."""
     return Generator(checkpoint.load(path), device, use_ema, precision, path=str(path))
@@ -193,9 +204,13 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
 
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, seed=0, batch=None,
                   eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
-                  tiling="auto", overlap=0.25, periodic=False, windows=8):
+                  tiling="auto", overlap=0.25, periodic=False, windows=8, overwrite=False):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
     ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``: see ``Generator.sample``.
+
+    A folder never holds two sets: one that holds samples is refused unless ``overwrite``,
+    and then the old set is replaced as a whole, once the new one is complete (it is written
+    to OUT_DIR/.partial first, so a failed run leaves the old set as it was).
 
     Under torchrun the volumes are shared out: process r of N makes volumes
     [r·n/N, (r+1)·n/N) (volume i is still a function of seed and i alone), rank 0 logs and
@@ -211,12 +226,25 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
         device = f"cuda:{ctx.local_rank}" if kind == "cuda" else "cpu"
         if not ctx.main:
             log = lambda text: None  # noqa: E731
+    if n < 1:
+        raise MdiffError(f"-n {n}: nothing to generate; give at least 1 volume")
+    if sampler not in DEFAULT_STEPS and steps is not None:
+        raise MdiffError(f"--steps does not apply to --sampler {sampler}, which takes every "
+                         "step of the schedule; use --sampler dpm++ or ddim for fewer steps")
+    old_set = _sample_set(out_dir)
+    if old_set and not overwrite:
+        raise MdiffError(f"{out_dir} already holds {len(old_set)} sample file(s) of another "
+                         "run; choose another folder, or --overwrite to replace that set")
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
     plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch)
     if sampler in DEFAULT_STEPS:
         steps = int(steps or DEFAULT_STEPS[sampler])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / ".partial"
+    if ctx.main:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run that was stopped
+        partial.mkdir(parents=True)
+    distributed.barrier()
     started = time.perf_counter()
     last = [0.0, 0]  # time and volume-steps of the last line
 
@@ -234,12 +262,21 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
         f"{f' ({steps} steps)' if sampler != 'ddpm' else ''} on {gen.device}, "
         f"checkpoint step {gen.step}; {how}{', periodic' if periodic else ''}"
         + (f", {ctx.world} processes ({len(share)} volumes here)" if ctx.world > 1 else ""))
-    volumes = (gen.sample(len(share), size, sampler, steps, seed, eta, batch,
-                          progress=progress, first=share.start, tiling=tiling, overlap=overlap,
-                          periodic=periodic, windows=windows) if len(share) else [])
-    for i, volume in zip(share, volumes):
-        write_volume(out_dir / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
-                     unit=gen.unit)
+    busy = gen.device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-sample")
+    if busy:
+        log(busy)
+    try:
+        volumes = (gen.sample(len(share), size, sampler, steps, seed, eta, batch,
+                              progress=progress, first=share.start, tiling=tiling,
+                              overlap=overlap, periodic=periodic, windows=windows)
+                   if len(share) else [])
+        for i, volume in zip(share, volumes):
+            write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
+                         unit=gen.unit)
+    except BaseException:
+        if ctx.world == 1:  # nothing half-made stays behind (ranks may still be writing)
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     distributed.barrier()
     distributed.cleanup()
     paths = [out_dir / f"sample_{i:03d}.tif" for i in range(n)]
@@ -255,7 +292,12 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
             "device": str(gen.device),
             "labels": list(gen.phase_map.labels), "seconds": time.perf_counter() - started,
             "files": [p.name for p in paths]}
-    with atomic_path(out_dir / "samples.json") as tmp:
+    with atomic_path(partial / "samples.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
+    for old in _sample_set(out_dir):  # the new set is complete: the old one goes as a whole
+        old.unlink()
+    for path in sorted(partial.iterdir()):
+        os.replace(path, out_dir / path.name)
+    partial.rmdir()
     log(f"mdiff-sample: wrote {n} volume(s) to {out_dir} in {info['seconds']:.1f} s")
     return paths

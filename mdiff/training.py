@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,26 @@ def _stderr(text):
     print(text, file=sys.stderr, flush=True)
 
 
+def busy_warning(prog):
+    """A warning line when the machine already runs other work on all its cores (its 1-minute
+    load at least 90 % of the cores this process may use), else None. Two jobs that each use
+    every core stall each other far beyond 2× (measured: 0.54 → 0.044 steps/s)."""
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return None
+    if load < 0.9 * cores:
+        return None
+    return (f"{prog}: warning: this machine is busy (load {load:.1f} on {cores} cores); two "
+            "jobs that each use every core stall each other far beyond 2x: give each "
+            "--threads 1 (or OMP_NUM_THREADS=1), or wait for the other to end")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with a message that says what is saved and how to go on."""
+
+
 def _duration(seconds):
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
@@ -110,7 +131,7 @@ def _duration(seconds):
 
 
 def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff", resume=False,
-          unet=None, diffusion=None, train=None, log=_stderr, procs=1):
+          unet=None, diffusion=None, train=None, log=_stderr, procs=1, overwrite=False):
     """Train a 3D DDPM on label volumes; returns the path of the final checkpoint.
 
     ``unet``, ``diffusion`` and ``train`` are dicts of field overrides of the preset's configs
@@ -119,12 +140,18 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
 
     ``procs`` > 1 launches that many data-parallel processes on this machine (one thread each
     on a CPU) and returns when they are done; under torchrun each process calls ``train``
-    itself (``procs`` is then ignored)."""
+    itself (``procs`` is then ignored).
+
+    A run folder that holds a checkpoint is never started over unless ``overwrite=True``:
+    without ``resume`` that is refused, so no run is lost by reusing its ``out``."""
+    if not resume and not overwrite and (Path(out) / CHECKPOINT).exists():
+        raise MdiffError(f"{out} already holds a run ({Path(out) / CHECKPOINT}); go on with "
+                         f"--resume, start it over with --overwrite, or choose another --out")
     if procs > 1 and distributed.context().world == 1:
         kwargs = dict(data=[str(p) if not isinstance(p, np.ndarray) else p for p in data],
                       phases=phases, example=example, preset=preset, out=str(out),
                       resume=resume, unet=unet, diffusion=diffusion, train=train,
-                      log=_stderr if log is _stderr else None)
+                      log=_stderr if log is _stderr else None, overwrite=overwrite)
         return Path(distributed.launch(int(procs), _worker, kwargs))
     ctx = distributed.context()
     log = (log or (lambda text: None)) if ctx.main else (lambda text: None)
@@ -140,6 +167,9 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         tcfg = override(from_dict(TrainConfig, state["train"]), {
             k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
                                                              "device", "compile")})
+        if tcfg.steps < state["step"]:
+            raise MdiffError(f"--steps {tcfg.steps}: the run in {out} is already at step "
+                             f"{state['step']}; give --steps above that to go on")
         example = state["data"]["example"]
         if not data and not example:
             data = state["data"]["paths"]
@@ -211,6 +241,8 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
                                          + "\n")
         _truncate_log(loss_log, step)
 
+    saved = [None if state is None else state["step"]]  # the step the checkpoint holds
+
     def save(loss):
         """Rank 0 writes; the others wait for it at the barrier."""
         if ctx.main:
@@ -219,6 +251,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
                 "world_size": ctx.world, "effective_batch": tcfg.batch_size,
                 "model": model.state_dict(), "ema": ema.state_dict(),
                 "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})
+        saved[0] = step
         distributed.barrier()
 
     params = list(model.parameters())
@@ -229,53 +262,63 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; batch "
         f"{tcfg.batch_size}" + (f" over {ctx.world} processes" if ctx.world > 1 else "")
         + f"; steps {step} -> {tcfg.steps}; run dir {out}")
+    if device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-train"):
+        log(busy_warning("mdiff-train"))
     model.train()
     running = torch.zeros((), device=device)
     window, last_loss = 0, None
     t_window = time.perf_counter()
     voxels = tcfg.batch_size * tcfg.patch ** 3
-    while step < tcfg.steps:
-        torch.manual_seed(_step_seed(tcfg.seed, step) + ctx.rank)  # dropout
-        x_start, t, noise, coin = _draws(dataset, process.num_timesteps, tcfg.seed, step, mine,
-                                         device)
-        for group in opt.param_groups:
-            group["lr"] = _lr(tcfg, step)
-        with autocast(device, tcfg.precision):
-            loss = process.training_losses(forward, x_start, t, noise, coin).mean()
-        scaler.scale(loss).backward()
-        if tcfg.grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - tcfg.ema_decay)
-        running += loss.detach().float()
-        window += 1
-        step += 1
-        if step % tcfg.log_every == 0 or step % tcfg.save_every == 0 or step == tcfg.steps:
-            mean = distributed.mean(running).item() / window  # every rank sees a NaN
-            if not math.isfinite(mean):
-                raise MdiffError(
-                    f"the loss became {mean} by step {step}; stopped without saving, so "
-                    f"{ckpt_path} still holds the last good state. Try a lower --lr, "
-                    "--precision fp32 or --grad-clip 1")
-            elapsed = time.perf_counter() - t_window
-            rate = window / elapsed
-            log(f"step {step:>7}/{tcfg.steps}  loss {mean:.5f}  lr {_lr(tcfg, step - 1):.2e}  "
-                f"{rate:.2f} steps/s  {rate * voxels / 1e6:.2f} Mvox/s  "
-                f"ETA {_duration((tcfg.steps - step) / rate)}")
-            if ctx.main:
-                with open(loss_log, "a") as f:
-                    f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
-                                        "steps_per_s": rate, "processes": ctx.world}) + "\n")
-            last_loss = mean
-            running.zero_()
-            window = 0
-            t_window = time.perf_counter()
-            if step % tcfg.save_every == 0 or step == tcfg.steps:
-                save(last_loss)
+    try:
+        while step < tcfg.steps:
+            torch.manual_seed(_step_seed(tcfg.seed, step) + ctx.rank)  # dropout
+            x_start, t, noise, coin = _draws(dataset, process.num_timesteps, tcfg.seed, step, mine,
+                                             device)
+            for group in opt.param_groups:
+                group["lr"] = _lr(tcfg, step)
+            with autocast(device, tcfg.precision):
+                loss = process.training_losses(forward, x_start, t, noise, coin).mean()
+            scaler.scale(loss).backward()
+            if tcfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1.0 - tcfg.ema_decay)
+            running += loss.detach().float()
+            window += 1
+            step += 1
+            if step % tcfg.log_every == 0 or step % tcfg.save_every == 0 or step == tcfg.steps:
+                mean = distributed.mean(running).item() / window  # every rank sees a NaN
+                if not math.isfinite(mean):
+                    raise MdiffError(
+                        f"the loss became {mean} by step {step}; stopped without saving, so "
+                        f"{ckpt_path} still holds the last good state. Try a lower --lr, "
+                        "--precision fp32 or --grad-clip 1")
+                elapsed = time.perf_counter() - t_window
+                rate = window / elapsed
+                log(f"step {step:>7}/{tcfg.steps}  loss {mean:.5f}  lr {_lr(tcfg, step - 1):.2e}  "
+                    f"{rate:.2f} steps/s  {rate * voxels / 1e6:.2f} Mvox/s  "
+                    f"ETA {_duration((tcfg.steps - step) / rate)}")
+                if ctx.main:
+                    with open(loss_log, "a") as f:
+                        f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
+                                            "steps_per_s": rate, "processes": ctx.world}) + "\n")
+                last_loss = mean
+                running.zero_()
+                window = 0
+                t_window = time.perf_counter()
+                if step % tcfg.save_every == 0 or step == tcfg.steps:
+                    save(last_loss)
+    except KeyboardInterrupt:
+        held = (f"{ckpt_path} holds step {saved[0]}" if saved[0] is not None
+                else "no checkpoint was saved yet")
+        raise TrainingInterrupted(
+            f"interrupted at step {step}; {held}"
+            + (f"; go on with: mdiff-train --resume --out {out}" if saved[0] is not None
+               else "")) from None
     if state is not None and step == state["step"]:
         log(f"mdiff-train: {ckpt_path} is already at step {step}; raise --steps to go on")
     log(f"mdiff-train: checkpoint {ckpt_path} (step {step})")

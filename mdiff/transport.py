@@ -1,5 +1,5 @@
 """Transport through one phase of a label volume: percolation, effective diffusivity and the
-tortuosity factor (SPEC §3, TauFactor's conventions).
+tortuosity factor (TauFactor's conventions).
 
 Connectivity here is 6 (face neighbours): that is what a finite-volume diffusion problem on the
 voxel grid conducts through. χ in ``mdiff.metrics`` counts the phase with 26-connectivity, so a
@@ -26,10 +26,12 @@ import time
 
 import numpy as np
 
-from . import _metrics, io
-from .errors import MdiffError
+from . import io
+from .errors import MdiffError, compiled_kernels
 from .io import check_volume
 from .phases import PhaseMap
+
+_metrics = compiled_kernels()  # one line, not a traceback, when the extension is missing
 
 AXES = "zyx"
 IN_PHASE = 64
@@ -177,9 +179,41 @@ def check_memory(volume, device="cpu"):
                     what=f"transport on {'x'.join(map(str, volume.shape))} voxels")
 
 
+class _Progress:
+    """Lines for ``log`` at most every 2 s during the solves: which phase and axis, the
+    iteration, the flux spread against its target and the time left in this solve (from the
+    rate at which the spread has fallen so far, on a log scale)."""
+
+    def __init__(self, log, total):
+        self.log, self.total, self.done = log, total, 0
+        self.last = time.perf_counter()
+
+    def hook(self, label, axis, tol):
+        first = []
+
+        def progress(it, err):
+            now = time.perf_counter()
+            if not first:
+                first.append((it, err, now))
+            if now - self.last < 2.0:
+                return
+            self.last = now
+            i0, e0, t0 = first[0]
+            eta = ""
+            if it > i0 and tol < err < e0:
+                per_iteration = (math.log(e0) - math.log(err)) / (it - i0)
+                left = (math.log(err) - math.log(tol)) / per_iteration * (now - t0) / (it - i0)
+                eta = f", ETA {int(left)} s for this solve"
+            self.log(f"  transport: label {label} along {axis} (solve {self.done + 1} of "
+                     f"{self.total}): iteration {it}, flux spread {err:.2g} (target {tol:g})"
+                     + eta)
+        return progress
+
+
 def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device="cpu",
-                    max_iter=None):
-    """{axis: figures} of phase index ``phase``; see ``transport``."""
+                    max_iter=None, progress=None):
+    """{axis: figures} of phase index ``phase``; see ``transport``. ``progress``: a
+    ``_Progress`` that reports on the solves."""
     check_memory(volume, device)
     faces = cluster_faces(volume, phase_map, phase)
     n_phase = int(np.count_nonzero(faces))
@@ -202,7 +236,10 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
         lo, hi = FACES[axis]
         active = np.moveaxis((faces & (lo | hi)) == (lo | hi), k, 0)
         start = time.perf_counter()
-        d_eff, it, err, rel = solve(active, tol, max_iter, device)
+        hook = progress.hook(phase_map.labels[phase], axis, tol) if progress else None
+        d_eff, it, err, rel = solve(active, tol, max_iter, device, hook)
+        if progress:
+            progress.done += 1
         entry.update(effective_diffusivity=d_eff, iterations=it, flux_spread=err,
                      residual=rel, converged=err <= tol, percolates=d_eff > 0,
                      seconds=time.perf_counter() - start,
@@ -212,19 +249,20 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
 
 
 def transport(volume, phase_map=None, axes=AXES, tol=DEFAULT_TOL, device="cpu",
-              max_iter=None):
+              max_iter=None, log=None):
     """Per phase (label order) and axis: percolating and isolated fractions (6-connectivity),
     D_eff/D, τ (``inf`` when nothing percolates), CG iterations, the final relative residual,
     the outlet/inlet flux ratio (1 when converged) and the solve time.
 
     A phase absent from the volume, or an axis one voxel thick, gives an entry with a ``note``
-    instead of an error."""
+    instead of an error. ``log``: a function that gets a progress line at most every 2 s."""
     volume = check_volume(volume)
     phase_map = phase_map or PhaseMap.from_volume(volume)
     for axis in axes:
         if axis not in AXES:
             raise MdiffError(f"transport axes are z, y and x, got {axis!r}")
-    return [phase_transport(volume, phase_map, i, axes, tol, device, max_iter)
+    progress = _Progress(log, phase_map.n * len(axes)) if log else None
+    return [phase_transport(volume, phase_map, i, axes, tol, device, max_iter, progress)
             for i in range(phase_map.n)]
 
 

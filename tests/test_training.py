@@ -145,7 +145,7 @@ def test_cli_bad_inputs(data_file, tmp_path, capsys):
     one_line(["--preset", "tiny", "--out", run], train_main, "no training data")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x80\x04not a checkpoint at all")
-    one_line([str(junk), str(tmp_path / "o")], sample_main, "not a readable mdiff checkpoint")
+    one_line([str(junk), str(tmp_path / "o")], sample_main, "not an mdiff checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     one_line([str(foreign), str(tmp_path / "o")], sample_main, "not an mdiff checkpoint")
@@ -162,7 +162,23 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     torch.save({"format": "mdiff-checkpoint", "x": Evil()}, path)
     assert sample_main([str(path), str(tmp_path / "o")]) == 2
     captured = capsys.readouterr()
-    assert "PWNED" not in captured.out and "not a readable mdiff checkpoint" in captured.err
+    assert "PWNED" not in captured.out and "not an mdiff checkpoint" in captured.err
+    assert "weights_only" not in captured.err
+
+
+def test_files_that_are_not_checkpoints_say_so_in_one_line(data_file, tmp_path, capsys):
+    ckpt = mdiff.train([data_file], preset="tiny", out=tmp_path / "run",
+                       train={"steps": 1}, **QUIET)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    (tmp_path / "c.json").write_text('{"format": "mdiff-checkpoint"}')
+    cases = {data_file: "it is a TIFF image", tmp_path / "c.json": "looks like JSON",
+             truncated: "truncated or damaged"}
+    for path, expected in cases.items():
+        assert sample_main([str(path), str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not an mdiff checkpoint" in err and expected in err
+        assert "weights_only" not in err
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(data_file, tmp_path):
