@@ -9,7 +9,11 @@ Two ways of drawing two sets of real cubes, each repeated with --reps seeds:
 - ``slabs``: the real set from the lower half of the volume along z, the "generated" set from
   the upper half, each on a grid shifted at random per seed. This adds the material's own
   heterogeneity between two regions (what a held-out slab is): a heterogeneous sample may
-  "differ" from itself more often, and that is a fact about the sample, not the test.
+  "differ" from itself more often, and that is a fact about the sample, not the test. The
+  repetitions of one volume shift the grids but compare the same two slabs, so they are not
+  independent; ``--synth LENGTH`` instead makes a new ``mdiff-synth`` realisation (the volume's
+  shape, fractions and labels, correlation length LENGTH) for every repetition, a stationary
+  material whose slabs differ only by chance.
 
     python benchmarks/evaluate_calibration.py ../shared/data/nmc_3phase_256.tif --size 32
 
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import mdiff
-from mdiff import evaluate
+from mdiff import evaluate, synth
 from mdiff.phases import PhaseMap
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +52,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--permutations", type=int, default=200)
     ap.add_argument("--transport", action="store_true")
+    ap.add_argument("--synth", type=float, metavar="LENGTH",
+                    help="judge a new mdiff-synth realisation like the volume in every "
+                         "repetition (seed = repetition)")
     ap.add_argument("--name", help="results name (default: the file's stem and size)")
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
@@ -58,6 +65,9 @@ def main(argv=None):
     name = args.name or f"{Path(args.volume).stem}_{args.size}"
     t0 = time.perf_counter()
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if args.synth:
+        fractions = [float(np.mean(volume == v)) for v in pm.labels]
+        name += f"_synth{args.synth:g}"
     cubes = evaluate.grid_cubes(volume, args.size)
     if len(cubes) < args.real + args.generated:
         sys.exit(f"{len(cubes)} cubes of {args.size}^3 in the volume; --real + --generated "
@@ -68,6 +78,10 @@ def main(argv=None):
     half = volume.shape[0] // 2
     for rep in range(args.reps):
         rng = np.random.default_rng(1000 + rep)
+        if args.synth:
+            volume = synth.generate(volume.shape, fractions, pm.labels, args.synth, seed=rep)
+            entries = evaluate.describe_cubes(evaluate.grid_cubes(volume, args.size), pm,
+                                              s2_max, args.transport)
         order = rng.permutation(len(entries))
         real = [entries[i] for i in order[:args.real]]
         other = [entries[i] for i in order[args.real:args.real + args.generated]]
@@ -94,6 +108,7 @@ def main(argv=None):
     info = {"command": "python benchmarks/evaluate_calibration.py "
                        + " ".join(sys.argv[1:] if argv is None else argv),
             "volume": str(args.volume), "shape": list(volume.shape), "cube": args.size,
+            "synth_length": args.synth,
             "reps": args.reps, "permutations": args.permutations,
             "seconds": time.perf_counter() - t0, "summary": summary}
     out = Path(args.results)
