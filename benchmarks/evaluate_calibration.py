@@ -73,7 +73,7 @@ def main(argv=None):
         sys.exit(f"{len(cubes)} cubes of {args.size}^3 in the volume; --real + --generated "
                  f"is {args.real + args.generated}")
     entries = evaluate.describe_cubes(cubes, pm, s2_max, args.transport,
-                                      evaluate._Progress("all cubes", say))
+                                      evaluate.Progress("all cubes", say))
     modes = {"mixed": [], "slabs": []}
     half = volume.shape[0] // 2
     for rep in range(args.reps):

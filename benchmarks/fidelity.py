@@ -129,7 +129,7 @@ def main(argv=None):
 
     def measured(name, cubes):
         return evaluate.describe_cubes(cubes, phase_map, s2_max, args.transport,
-                                       evaluate._Progress(name, say))
+                                       evaluate.Progress(name, say))
 
     result = evaluate.judge(measured("real", held),
                             {k: measured(k, v) for k, v in sets.items()})

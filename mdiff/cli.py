@@ -278,8 +278,8 @@ def evaluate_main(argv=None):
     parser.add_argument("--size", type=int, metavar="S",
                         help="cube side: volumes of S^3 are used whole, larger ones and the "
                              "real volume are cut into non-overlapping S^3 cubes (default: the "
-                             "generated volumes' side if all are cubes of one side <= 128, "
-                             "else 64)")
+                             "smallest side of the generated volumes, or 64 when that is above "
+                             "128)")
     parser.add_argument("--real-region", metavar="Z0:Z1",
                         help="slab of the real volume along z to cut real cubes from, e.g. "
                              "192:256 for a slab the model never saw (default: all of it)")

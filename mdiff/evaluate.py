@@ -69,12 +69,9 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
     return out
 
 
-def describe_set(cubes, phase_map, s2_max, boundary="closed", transport=False):
+def describe_set(cubes, phase_map, s2_max, transport=False):
     """Mean ± std (and the per-cube values) of every figure over cubes (``transport``: also
     the percolating fraction and D_eff/D, each the mean over the three axes of a cube)."""
-    if boundary != "closed":
-        return summarise([metrics.describe(c, phase_map, s2_max, boundary, threads=1,
-                                           transport=transport) for c in cubes])
     return summarise(describe_cubes(cubes, phase_map, s2_max, transport))
 
 
@@ -317,14 +314,14 @@ def _sets_of_files(generated):
 
 
 def cube_size(shapes):
-    """Default cube side: the volumes' side if they are all cubes of one side ≤ 128, else 64."""
-    sides = {s for shape in shapes for s in shape}
-    if all(len(set(shape)) == 1 for shape in shapes) and len(sides) == 1 and max(sides) <= 128:
-        return sides.pop()
-    return 64
+    """Default cube side: the smallest side of the generated volumes (so that samples of the
+    training size are used whole and larger volumes beside them are cut to match), or 64 when
+    that is above 128."""
+    side = min(min(shape) for shape in shapes)
+    return side if side <= 128 else 64
 
 
-class _Progress:
+class Progress:
     """Lines on stderr at most every 2 s while cubes are measured: done, rate, ETA."""
 
     def __init__(self, what, log):
@@ -390,7 +387,7 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
     log(f"mdiff-evaluate: {len(real_cubes)} real cubes of {size}^3 from {real_path} "
         f"z {z0}:{z1}, labels {list(phase_map.labels)}; "
         + ", ".join(f"{k}: {len(v)} volume(s)" for k, v in files.items()))
-    real = describe_cubes(real_cubes, phase_map, s2_max, transport, _Progress("real", log),
+    real = describe_cubes(real_cubes, phase_map, s2_max, transport, Progress("real", log),
                           device)
     sets, kept, inputs = {}, {}, []
     for name, paths in files.items():
@@ -402,7 +399,7 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
                 cubes = [lut[c].astype(volume.dtype) for c in cubes]
             keep += [np.array(c) for c in cubes[:max(0, memorisation_cubes - len(keep))]]
             entries += describe_cubes(cubes, phase_map, s2_max, transport,
-                                      _Progress(f"{name} ({path.name})", log), device)
+                                      Progress(f"{name} ({path.name})", log), device)
             inputs.append({"set": name, "path": str(path), "shape": list(vol.shape),
                            "cubes": len(cubes)})
             del vol, cubes
