@@ -120,8 +120,6 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
                                "criterion": "relative spread of the flux through planes",
                                "device": str(device)}
     for path, volume in zip(paths, volumes):
-        if transport:
-            kw["log"](f"mdiff-metrics: transport in {path}: {phase_map.n} phases x 3 axes")
         entry = metrics.describe(volume, phase_map, s2_max, boundary, voxel_size, path=path,
                                  **kw)
         if subvolume:
