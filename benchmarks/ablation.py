@@ -130,6 +130,26 @@ def _row(name, comparison):
            f"{d('euler_density')} | {s2} | {tpb_cell} |"
 
 
+def _comparisons(evaluation):
+    """The effect-size rows of a fidelity.py report that has verdicts (``judge``), per set, in
+    the shape of the reports written before them."""
+    out = {}
+    for v in evaluation["verdicts"]:
+        row = out.setdefault(v["set"], {"phases": []})
+        if v["figure"] == "tpb_density":
+            row["tpb_density"] = {"mean": v["mean"], "reference_mean": v["reference_mean"],
+                                  "effect_size": v["d"]}
+            continue
+        if not row["phases"] or row["phases"][-1]["label"] != v["phase"]:
+            row["phases"].append({"label": v["phase"]})
+        phase = row["phases"][-1]
+        if v["figure"] == "s2":
+            phase["s2_mean_abs_difference"] = sum(v["mean_abs_difference"].values()) / 3
+        else:
+            phase[v["figure"]] = {"effect_size": v["d"]}
+    return out
+
+
 def _num(x):
     return "–" if x is None else f"{x:.2f}"
 
@@ -159,7 +179,7 @@ def report():
         order = list(VARIANTS)
         entries.sort(key=lambda e: order.index(e[0]) if e[0] in order else len(order))
         for variant, info in entries:
-            comparisons = info["comparisons"]
+            comparisons = info.get("comparisons") or _comparisons(info["evaluation"])
             sampled = next(k for k in comparisons if k.startswith("DDIM"))
             label = f"{variant}: {VARIANTS.get(variant, ('?',))[0]}, {info['steps']} steps, " \
                     f"{info['train_wall_s'] / 60:.0f} min"
@@ -169,9 +189,10 @@ def report():
                 "command": info.get("command"), "comparison": comparisons[sampled],
                 "memorisation": info["memorisation"]}
         _, last = entries[-1]
-        for key in last["comparisons"]:
+        last = last.get("comparisons") or _comparisons(last["evaluation"])
+        for key in last:
             if not key.startswith("DDIM"):
-                md.append(_row(f"*{key}*", last["comparisons"][key]))
+                md.append(_row(f"*{key}*", last[key]))
         md.append("")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ablation.md").write_text("\n".join(md) + "\n")
