@@ -191,6 +191,15 @@ def sample_main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the sample set already in OUT_DIR (as a whole, once the "
                              "new one is complete); without it such a folder is refused")
+    parser.add_argument("--fractions", type=_floats, metavar="F0,F1,...",
+                        help="target volume fraction of each phase, in label order (a model "
+                             "trained with --condition fractions; normalised to sum 1). "
+                             "Without it such a model draws each volume's fractions from its "
+                             "training cubes")
+    parser.add_argument("--guidance", type=float, default=1.0, metavar="W",
+                        help="classifier-free guidance scale of a conditioned model (1: the "
+                             "conditional model alone; > 1 follows the target harder, at two "
+                             "network calls a step)")
     _threads_flag(parser)
 
     def body(args):
@@ -206,7 +215,8 @@ def sample_main(argv=None):
         sample_to_dir(args.checkpoint, args.out_dir, args.count, size, args.sampler,
                       args.steps, args.seed, args.batch, args.eta, args.device, args.precision,
                       not args.no_ema, tiling=args.tiling, overlap=args.overlap,
-                      periodic=args.periodic, windows=args.windows, overwrite=args.overwrite)
+                      periodic=args.periodic, windows=args.windows, overwrite=args.overwrite,
+                      fractions=args.fractions, guidance=args.guidance)
 
     return _run("mdiff-sample", parser, body, argv)
 

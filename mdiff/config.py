@@ -22,6 +22,9 @@ class UNetConfig:
     groups: int = _f(32, "GroupNorm groups (capped by the channel count)")
     periodic: bool = _f(False, "circular padding: the volume wraps around (periodic media)")
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
+    condition: str = _f("none", "per-cube descriptors the model is conditioned on: none, or "
+                                "fractions (each phase's volume fraction; sampling draws them "
+                                "from the training cubes or takes --fractions)")
 
 
 OBJECTIVES = ("x0", "eps", "v")
@@ -61,6 +64,9 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (first steps are slow while it compiles)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _f(0, "seed of initialisation, cube order, noise and timesteps")
+    cond_drop: float = _f(0.1, "share of training cubes whose condition is dropped, so the "
+                               "model also learns the unconditional case (classifier-free "
+                               "guidance); with --condition only")
 
 
 @dataclass(frozen=True)

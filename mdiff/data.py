@@ -59,11 +59,16 @@ class CubeDataset:
         else:
             i = int(rng.integers(len(self.volumes)))
             a, b, c = (int(rng.integers(s - self.patch + 1)) for s in self.volumes[i].shape)
-        p = self.patch
-        cube = self.lut[self.volumes[i][a:a + p, b:b + p, c:c + p]]
+        cube = self.cube_at((i, a, b, c))
         if self.augment:
             cube = apply_symmetry(cube, int(rng.integers(len(SYMMETRIES))))
         return np.ascontiguousarray(cube)
+
+    def cube_at(self, position):
+        """The cube of phase indices at (volume, z, y, x), as stored (no symmetry)."""
+        i, a, b, c = position
+        p = self.patch
+        return self.lut[self.volumes[i][a:a + p, b:b + p, c:c + p]]
 
     def batch(self, rngs, device="cpu"):
         """(n, phases, P, P, P) float32 one-hot batch in [-1, 1] on ``device``: one cube per

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, distributed
+from . import checkpoint, descriptors, distributed
 from ._version import __version__
 from .config import UNetConfig, diffusion_config, from_dict
 from .diffusion import GaussianDiffusion
@@ -51,10 +51,53 @@ class Generator:
             raise MdiffError(f"{path or 'checkpoint'}: weights do not match the model "
                              f"configuration ({str(exc).splitlines()[0][:160]})") from None
         self.model.to(self.device).eval()
+        self.condition = self.unet_config.condition
+        recorded = state.get("descriptors")
+        self.recorded = None if recorded is None else recorded["values"].float()
 
-    def _model_fn(self, x, t, *cond):
+    def _model_fn(self, x, t, *extra, cond=None):
         with autocast(self.device, self.precision):
-            return self.model(x, t, *cond)
+            return self.model(x, t, *extra, cond=cond)
+
+    def conditions(self, n, seed, first=0, fractions=None):
+        """(n, phases + 1) conditions of volumes first, ..., first + n − 1: the target
+        ``fractions`` for all, or each volume's drawn from the training cubes' recorded
+        fractions by (seed, i) alone; None for an unconditioned model."""
+        if self.condition == "none":
+            if fractions is not None:
+                raise MdiffError("this checkpoint was trained without --condition fractions, so "
+                                 "it cannot generate at target fractions; train with it")
+            return None
+        if fractions is not None:
+            try:
+                target = descriptors.normalise_target(fractions, self.phase_map.n)
+            except ValueError as exc:
+                raise MdiffError(f"--fractions: {exc}") from None
+            return descriptors.condition(torch.tensor([target] * n))
+        picks = [int(torch.randint(len(self.recorded), (1,), generator=torch.Generator()
+                                   .manual_seed(seed * 1_000_003 + first + i + 7)))
+                 for i in range(n)]
+        return descriptors.condition(self.recorded[picks])
+
+    def guided(self, cond, guidance=1.0):
+        """The model callable for a batch of volumes with conditions ``cond`` (one row per
+        volume; the network may see k windows of each, window-major, as ``mdiff.tiling``
+        batches them): conditional, or with classifier-free guidance
+        out = out_uncond + w (out_cond − out_uncond), both branches in one call."""
+        if cond is None:
+            return self._model_fn
+
+        def model_fn(x, t, *extra):
+            c = cond.to(x.device).repeat(len(x) // len(cond), 1)
+            if guidance == 1:
+                return self._model_fn(x, t, *extra, cond=c)
+            both = [None if e is None else torch.cat([e, e]) for e in extra]
+            out = self._model_fn(torch.cat([x, x]), torch.cat([t, t]), *both,
+                                 cond=torch.cat([c, torch.zeros_like(c)]))
+            cond_out, plain = out.chunk(2)
+            return plain + guidance * (cond_out - plain)
+
+        return model_fn
 
     def shape(self, size=None):
         """(d, h, w) of a sample: ``size`` None (the training cube), an int (a cube) or three
@@ -116,20 +159,21 @@ class Generator:
                 * self.patch ** 3 if plan["tiling"] == "windows" else n * voxels)
         return buffers + seen * self.model.activation_bytes_per_voxel()
 
-    def denoiser(self, process, plan, on_windows=None):
-        """The denoiser of ``plan``; ``on_windows(k, K)`` after each network call of a step
-        over windows."""
+    def denoiser(self, process, plan, on_windows=None, model_fn=None):
+        """The denoiser of ``plan`` over ``model_fn`` (default: the plain model);
+        ``on_windows(k, K)`` after each network call of a step over windows."""
+        model_fn = model_fn or self._model_fn
         if plan["tiling"] == "whole":
             self.model.set_periodic(plan["periodic"])
-            return process.denoiser(self._model_fn)
+            return process.denoiser(model_fn)
         self.model.set_periodic(False)
-        return tiled_denoiser(process, self._model_fn, plan["shape"], plan["window"],
+        return tiled_denoiser(process, model_fn, plan["shape"], plan["window"],
                               plan["overlap"], plan["periodic"], plan["windows_per_call"],
                               self.model.factor, progress=on_windows)
 
     def sample(self, n, size=None, sampler="dpm++", steps=None, seed=None, eta=0.0, batch=None,
                variance="beta_tilde", progress=None, first=0, tiling="auto", overlap=0.25,
-               periodic=False, windows=8):
+               periodic=False, windows=8, fractions=None, guidance=1.0):
         """n volumes as a uint8/uint16 label array (n, d, h, w) with the training labels.
 
         ``size``: None (the training cube), a side or three sides. Volumes larger than the
@@ -144,8 +188,14 @@ class Generator:
         only on (seed, i), not on ``batch``; the volumes are i = first, ..., first + n − 1 (how
         processes share a job).
         ``progress(done, total)`` is called after every denoising step of every batch (and
-        every network call over windows: ``done`` then counts fractions of a step)."""
+        every network call over windows: ``done`` then counts fractions of a step).
+        A model trained with ``condition="fractions"`` generates at the target ``fractions``
+        (one per phase, label order; normalised) or, without one, each volume at fractions
+        drawn from its training cubes; ``guidance`` is the classifier-free guidance scale
+        (1: the conditional model alone, one network call a step; else two)."""
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch)
+        if guidance != 1 and self.condition == "none":
+            raise MdiffError("--guidance needs a model trained with --condition fractions")
         if sampler not in SAMPLERS:
             raise MdiffError(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
         n, batch = int(n), plan["batch"]
@@ -155,6 +205,7 @@ class Generator:
             steps = int(steps or DEFAULT_STEPS[sampler])
             process = self.diffusion.respace(min(steps, self.diffusion.num_timesteps))
         seed = int(seed if seed is not None else torch.randint(0, 2**31 - 1, ()).item())
+        conds = self.conditions(n, seed, first, fractions)
         shape = (self.phase_map.n, *plan["shape"])
         out = []
         total = n * process.num_timesteps
@@ -172,7 +223,9 @@ class Generator:
                 progress(d + (step[0] + k / count) * b, total)
 
             report, on_windows = (report, on_windows) if progress else (None, None)
-            denoise = self.denoiser(process, plan, on_windows)
+            model_fn = self.guided(None if conds is None else
+                                   conds[start:start + len(gens)], guidance)
+            denoise = self.denoiser(process, plan, on_windows, model_fn)
             if sampler == "ddim":
                 x = ddim_sample(denoise, process, shape, gens, self.device, eta=eta,
                                 progress=report)
@@ -185,6 +238,7 @@ class Generator:
             del x, denoise
         self.seed = seed
         self.last_plan = plan
+        self.last_conditions = None if conds is None else conds[:, :-1].tolist()
         return np.concatenate(out)
 
 
@@ -204,7 +258,8 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
 
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, seed=0, batch=None,
                   eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
-                  tiling="auto", overlap=0.25, periodic=False, windows=8, overwrite=False):
+                  tiling="auto", overlap=0.25, periodic=False, windows=8, overwrite=False,
+                  fractions=None, guidance=1.0):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
     ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``: see ``Generator.sample``.
 
@@ -238,6 +293,9 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
     plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch)
+    gen.conditions(1, 0, fractions=fractions)  # a bad target is one line before any work
+    if guidance != 1 and gen.condition == "none":
+        raise MdiffError("--guidance needs a model trained with --condition fractions")
     if sampler in DEFAULT_STEPS:
         steps = int(steps or DEFAULT_STEPS[sampler])
     partial = out_dir / ".partial"
@@ -268,7 +326,8 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
     try:
         volumes = (gen.sample(len(share), size, sampler, steps, seed, eta, batch,
                               progress=progress, first=share.start, tiling=tiling,
-                              overlap=overlap, periodic=periodic, windows=windows)
+                              overlap=overlap, periodic=periodic, windows=windows,
+                              fractions=fractions, guidance=guidance)
                    if len(share) else [])
         for i, volume in zip(share, volumes):
             write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
@@ -290,7 +349,11 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
             gen.diffusion.num_timesteps, "eta": eta if sampler == "ddim" else None,
             "seed": getattr(gen, "seed", seed), "ema": use_ema, "precision": precision,
             "device": str(gen.device),
-            "labels": list(gen.phase_map.labels), "seconds": time.perf_counter() - started,
+            "labels": list(gen.phase_map.labels),
+            "condition": None if gen.condition == "none" else {
+                "kind": gen.condition, "target": None if fractions is None else list(fractions),
+                "guidance": guidance, "per_volume": getattr(gen, "last_conditions", None)},
+            "seconds": time.perf_counter() - started,
             "files": [p.name for p in paths]}
     with atomic_path(partial / "samples.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")

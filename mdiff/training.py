@@ -12,6 +12,7 @@ DistributedDataParallel averages their gradients.
 """
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, distributed, synth
+from . import checkpoint, descriptors, distributed, synth
 from .config import (OBJECTIVES, PRESETS, TrainConfig, UNetConfig, diffusion_config, from_dict,
                      override, to_dict)
 from .data import CubeDataset
@@ -242,12 +243,16 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         _truncate_log(loss_log, step)
 
     saved = [None if state is None else state["step"]]  # the step the checkpoint holds
+    recorded = {}
+    if ucfg.condition != "none":  # what sampling draws each volume's descriptors from
+        recorded["descriptors"] = {"kind": ucfg.condition, "values": torch.from_numpy(
+            descriptors.training_distribution(dataset))}
 
     def save(loss):
         """Rank 0 writes; the others wait for it at the barrier."""
         if ctx.main:
             checkpoint.save(ckpt_path, {
-                **static, "step": step, "seed": tcfg.seed, "loss": loss,
+                **static, **recorded, "step": step, "seed": tcfg.seed, "loss": loss,
                 "world_size": ctx.world, "effective_batch": tcfg.batch_size,
                 "model": model.state_dict(), "ema": ema.state_dict(),
                 "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})
@@ -272,12 +277,18 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     try:
         while step < tcfg.steps:
             torch.manual_seed(_step_seed(tcfg.seed, step) + ctx.rank)  # dropout
-            x_start, t, noise, coin = _draws(dataset, process.num_timesteps, tcfg.seed, step, mine,
-                                             device)
+            x_start, t, noise, coin = _draws(dataset, process.num_timesteps, tcfg.seed, step,
+                                             mine, device)
+            model_fn = forward
+            if ucfg.condition != "none":
+                keep = torch.tensor([np.random.default_rng([tcfg.seed, step, i, 1]).random()
+                                     >= tcfg.cond_drop for i in mine])
+                model_fn = functools.partial(forward, cond=descriptors.condition(
+                    descriptors.fractions(x_start), keep))
             for group in opt.param_groups:
                 group["lr"] = _lr(tcfg, step)
             with autocast(device, tcfg.precision):
-                loss = process.training_losses(forward, x_start, t, noise, coin).mean()
+                loss = process.training_losses(model_fn, x_start, t, noise, coin).mean()
             scaler.scale(loss).backward()
             if tcfg.grad_clip > 0:
                 scaler.unscale_(opt)
@@ -345,6 +356,11 @@ def _check(ucfg, dcfg, tcfg):
     if dcfg.objective not in OBJECTIVES:
         raise MdiffError(f"--objective must be one of {', '.join(OBJECTIVES)}, "
                          f"got {dcfg.objective!r}")
+    if ucfg.condition not in descriptors.KINDS:
+        raise MdiffError(f"--condition must be one of {', '.join(descriptors.KINDS)}, "
+                         f"got {ucfg.condition!r}")
+    if not 0 <= tcfg.cond_drop < 1:
+        raise MdiffError(f"--cond-drop must be in [0, 1), got {tcfg.cond_drop}")
     if dcfg.snr_gamma < 0 or not dcfg.snr_shift > 0:
         raise MdiffError("--snr-gamma must be >= 0 and --snr-shift > 0")
     if dcfg.snr_gamma > 0 and dcfg.objective == "x0":

@@ -145,6 +145,13 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
                                         nn.Linear(emb_dim, emb_dim))
+        self.cond_embed = None
+        if cfg.condition == "fractions":
+            # each fraction through the sinusoidal embedding of the timesteps (at φ·1000, so
+            # that differences of 0.01 are resolved), plus the "given" flag; zero-initialised
+            # output: training starts from the unconditional model
+            self.cond_embed = nn.Sequential(nn.Linear(cfg.phases * ch + 1, emb_dim), nn.SiLU(),
+                                            zero(nn.Linear(emb_dim, emb_dim)))
         self.self_condition = self_condition
         self.input = conv(cfg.phases * (2 if self_condition else 1), ch, periodic=cfg.periodic)
         self.down = nn.ModuleList()
@@ -212,8 +219,16 @@ class UNet(nn.Module):
                 h = block(h, emb)
         return h
 
-    def forward(self, x, t, x_self=None):
-        emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
+    def forward(self, x, t, x_self=None, cond=None):
+        """``cond``: (N, phases + 1) condition of ``mdiff.descriptors`` (None: unconditional)."""
+        ch = self.cfg.base_channels
+        emb = self.time_embed(timestep_embedding(t, ch))
+        if self.cond_embed is not None:
+            if cond is None:
+                cond = torch.zeros(len(x), self.cfg.phases + 1, device=x.device)
+            values, flag = cond[:, :-1], cond[:, -1:]
+            feats = timestep_embedding(values.reshape(-1) * 1000, ch).reshape(len(x), -1)
+            emb = emb + self.cond_embed(torch.cat([feats * flag, flag], dim=1))
         if self.self_condition:
             x = torch.cat([x, torch.zeros_like(x) if x_self is None else x_self.to(x.dtype)], 1)
         h = self.input(x)

@@ -1,0 +1,143 @@
+"""Models conditioned on per-cube phase fractions (classifier-free guidance)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mdiff
+from mdiff import descriptors, metrics, synth, write_volume
+from mdiff.cli import sample_main
+from mdiff.phases import PhaseMap
+
+QUIET = {"log": None}
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cond") / "v.tif"
+    write_volume(path, synth.generate((32, 32, 32), (0.5, 0.3, 0.2), (0, 127, 255), 2.0,
+                                      seed=4))
+    return path
+
+
+@pytest.fixture(scope="module")
+def conditioned(volume, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return mdiff.train([volume], preset="tiny", out=out, unet={"condition": "fractions"},
+                       train={"steps": 4}, **QUIET)
+
+
+def test_descriptors_equal_the_metrics_fractions(volume):
+    vol = mdiff.read_volume(volume)
+    pm = PhaseMap.from_volume(vol)
+    cubes = [vol[:16, :16, :16], vol[16:, 8:24, 3:19]]
+    x = torch.stack([pm.encode(c) for c in cubes])
+    got = descriptors.fractions(x).numpy()
+    for cube, row in zip(cubes, got):
+        want = [p["volume_fraction"] for p in metrics.describe(cube, pm, 2)["phases"]]
+        assert row == pytest.approx(want, abs=1e-6)
+
+
+def test_condition_encoding_and_dropout_share(conditioned):
+    cond = descriptors.condition(torch.tensor([[0.2, 0.8], [0.5, 0.5]]),
+                                 torch.tensor([True, False]))
+    assert cond.numpy() == pytest.approx(np.array([[0.2, 0.8, 1.0], [0.0, 0.0, 0.0]]))
+    # the training loop drops a condition when its draw falls below cond_drop: p of them
+    draws = [np.random.default_rng([0, step, i, 1]).random() for step in range(500)
+             for i in range(4)]
+    assert np.mean(np.array(draws) < 0.1) == pytest.approx(0.1, abs=0.02)
+
+
+def test_the_checkpoint_records_the_training_distribution(conditioned, volume):
+    state = torch.load(conditioned, weights_only=True)
+    values = state["descriptors"]["values"].numpy()
+    assert state["descriptors"]["kind"] == "fractions" and values.shape[1] == 3
+    assert values.sum(axis=1) == pytest.approx(np.ones(len(values)), abs=1e-5)
+    vol = mdiff.read_volume(volume)
+    assert values[0] == pytest.approx([(vol[:16, :16, :16] == v).mean() for v in (0, 127, 255)])
+
+
+def test_conditioned_model_changes_its_output_with_the_condition(conditioned):
+    gen = mdiff.load(conditioned, device="cpu")
+    # the output layer of the condition embedding starts at zero: after training it is not
+    assert gen.model.cond_embed[-1].weight.abs().sum() > 0
+    x, t = torch.randn(2, 3, 16, 16, 16), torch.tensor([500, 500])
+    a = gen.model(x, t, cond=descriptors.condition(torch.tensor([[0.8, 0.1, 0.1]] * 2)))
+    b = gen.model(x, t, cond=descriptors.condition(torch.tensor([[0.1, 0.1, 0.8]] * 2)))
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "ddim", "ddpm"])
+def test_conditioned_sampling_with_every_sampler(conditioned, sampler):
+    gen = mdiff.load(conditioned, device="cpu")
+    steps = None if sampler == "ddpm" else 3
+    drawn = gen.sample(2, sampler=sampler, steps=steps, seed=1)
+    assert drawn.shape == (2, 16, 16, 16)
+    again = gen.sample(2, sampler=sampler, steps=steps, seed=1, batch=1)
+    assert np.array_equal(drawn, again)  # volume i depends on (seed, i) alone, condition too
+    target = gen.sample(1, sampler=sampler, steps=steps, seed=1, fractions=(0.2, 0.3, 0.5),
+                        guidance=2.0)
+    assert set(np.unique(target)) <= {0, 127, 255}
+
+
+def test_conditioned_sampling_in_windows_and_periodic(conditioned):
+    gen = mdiff.load(conditioned, device="cpu")
+    for tiling, periodic in (("windows", False), ("windows", True), ("whole", True)):
+        vol = gen.sample(1, size=32, steps=2, seed=0, tiling=tiling, periodic=periodic,
+                         fractions=(0.5, 0.3, 0.2), guidance=1.5)
+        assert vol.shape == (1, 32, 32, 32)
+
+
+def test_guidance_one_is_one_network_call_and_mixes_otherwise(conditioned):
+    gen = mdiff.load(conditioned, device="cpu")
+    cond = descriptors.condition(torch.tensor([[0.6, 0.2, 0.2]]))
+    calls = []
+    plain = gen._model_fn
+    gen._model_fn = lambda x, t, *e, cond=None: calls.append(len(x)) or plain(x, t, *e,
+                                                                               cond=cond)
+    x, t = torch.randn(1, 3, 16, 16, 16), torch.tensor([300])
+    one = gen.guided(cond, 1.0)(x, t)
+    assert calls == [1]
+    w = gen.guided(cond, 3.0)(x, t)
+    assert calls == [1, 2]  # both branches in one call
+    uncond = plain(x, t, cond=torch.zeros(1, 4))
+    assert torch.allclose(w, uncond + 3.0 * (one - uncond), atol=1e-5)
+
+
+def test_sample_cli_targets_and_records_them(conditioned, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert sample_main([str(conditioned), str(out), "-n", "2", "--steps", "2",
+                        "--fractions", "3,2,1", "--guidance", "2"]) == 0
+    info = json.loads((out / "samples.json").read_text())["condition"]
+    assert info["target"] == [3, 2, 1] and info["guidance"] == 2
+    assert info["per_volume"][0] == pytest.approx([0.5, 1 / 3, 1 / 6])
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--fractions", "0.5,0.5"], "2 fractions for a model of 3 phases"),
+    (["--fractions=-1,1,1"], "must be >= 0"),
+])
+def test_bad_fractions_are_one_line(conditioned, tmp_path, capsys, args, expected):
+    assert sample_main([str(conditioned), str(tmp_path / "o")] + args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unconditioned_checkpoint_refuses_targets_and_samples_as_before(volume, tmp_path,
+                                                                            capsys):
+    ckpt = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 2},
+                       **QUIET)
+    state = torch.load(ckpt, weights_only=True)
+    assert "descriptors" not in state and state["unet"]["condition"] == "none"
+    gen = mdiff.load(ckpt, device="cpu")
+    assert gen.model.cond_embed is None
+    a = gen.sample(1, steps=2, seed=3)
+    del state["unet"]["condition"]  # a checkpoint from before conditioning existed
+    torch.save(state, tmp_path / "old.pt")
+    assert np.array_equal(mdiff.load(tmp_path / "old.pt", device="cpu").sample(1, steps=2,
+                                                                              seed=3), a)
+    for args in (["--fractions", "0.5,0.3,0.2"], ["--guidance", "2"]):
+        assert sample_main([str(ckpt), str(tmp_path / "o")] + args) == 2
+        assert "--condition fractions" in capsys.readouterr().err
