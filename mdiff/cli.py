@@ -196,6 +196,11 @@ def sample_main(argv=None):
                              "trained with --condition fractions; normalised to sum 1). "
                              "Without it such a model draws each volume's fractions from its "
                              "training cubes")
+    parser.add_argument("--fractions-along", nargs="+", metavar="ARG",
+                        help="graded target along an axis: AXIS POS:F0,F1,... POS:F0,F1,... "
+                             "(positions 0 = first voxel to 1 = last; linear in between), e.g. "
+                             "z 0:0.30,0.45,0.25 1:0.45,0.35,0.20; each window is conditioned "
+                             "on the target at its centre")
     parser.add_argument("--guidance", type=float, default=1.0, metavar="W",
                         help="classifier-free guidance scale of a conditioned model (1: the "
                              "conditional model alone; > 1 follows the target harder, at two "
@@ -216,7 +221,8 @@ def sample_main(argv=None):
                       args.steps, args.seed, args.batch, args.eta, args.device, args.precision,
                       not args.no_ema, tiling=args.tiling, overlap=args.overlap,
                       periodic=args.periodic, windows=args.windows, overwrite=args.overwrite,
-                      fractions=args.fractions, guidance=args.guidance)
+                      fractions=args.fractions, guidance=args.guidance,
+                      fractions_along=args.fractions_along)
 
     return _run("mdiff-sample", parser, body, argv)
 

@@ -61,3 +61,34 @@ def normalise_target(values, phases):
         raise ValueError("fractions must be >= 0 and not all 0")
     total = sum(values)
     return tuple(v / total for v in values)
+
+
+def parse_profile(axis, points, phases):
+    """``z`` and ["0:0.30,0.45,0.25", "1:0.45,0.35,0.20"] → ("z", [(0.0, (...)), (1.0, (...))]):
+    target fractions at relative positions along an axis (0 = its first voxel, 1 = its last),
+    normalised, sorted; ValueError saying what is wrong."""
+    if axis not in ("z", "y", "x"):
+        raise ValueError(f"the axis must be z, y or x, got {axis!r}")
+    out = []
+    for point in points:
+        pos, sep, values = str(point).partition(":")
+        try:
+            pos = float(pos)
+            values = [float(v) for v in values.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not 0 <= pos <= 1:
+            raise ValueError(f"{point!r}: expected POSITION:F0,F1,... with a position in [0, 1]")
+        out.append((pos, normalise_target(values, phases)))
+    if len(out) < 2:
+        raise ValueError("give targets at two positions at least (e.g. 0:... and 1:...)")
+    return axis, sorted(out)
+
+
+def profile_at(points, position):
+    """The target fractions at ``position`` in [0, 1]: linear between the given points,
+    constant beyond the first and the last."""
+    positions = [p for p, _ in points]
+    values = np.array([v for _, v in points])
+    return tuple(float(np.interp(position, positions, values[:, k]))
+                 for k in range(values.shape[1]))

@@ -16,6 +16,7 @@ from .config import UNetConfig, diffusion_config, from_dict
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
 from .io import atomic_path, check_memory, free_memory, write_volume
+from .descriptors import profile_at
 from .phases import PhaseMap
 from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 from .tiling import Tiling, tiled_denoiser
@@ -82,13 +83,19 @@ class Generator:
     def guided(self, cond, guidance=1.0):
         """The model callable for a batch of volumes with conditions ``cond`` (one row per
         volume; the network may see k windows of each, window-major, as ``mdiff.tiling``
-        batches them): conditional, or with classifier-free guidance
-        out = out_uncond + w (out_cond − out_uncond), both branches in one call."""
+        batches them; or a list with one condition per window for each network call of a
+        step, in ``Tiling.batches`` order: graded targets): conditional, or with
+        classifier-free guidance out = out_uncond + w (out_cond − out_uncond), both branches
+        in one call."""
         if cond is None:
             return self._model_fn
+        per_call = cond if isinstance(cond, list) else [cond]  # graded: one per window group
+        calls = [0]
 
         def model_fn(x, t, *extra):
-            c = cond.to(x.device).repeat(len(x) // len(cond), 1)
+            c = per_call[calls[0] % len(per_call)].to(x.device)
+            calls[0] += 1
+            c = c.repeat(len(x) // len(c), 1)
             if guidance == 1:
                 return self._model_fn(x, t, *extra, cond=c)
             both = [None if e is None else torch.cat([e, e]) for e in extra]
@@ -159,6 +166,22 @@ class Generator:
                 * self.patch ** 3 if plan["tiling"] == "windows" else n * voxels)
         return buffers + seen * self.model.activation_bytes_per_voxel()
 
+    def _graded(self, plan, profile, volumes):
+        """Per network call of a step over windows, the conditions of its windows (window-
+        major, ``volumes`` alike): the graded target at each window's centre."""
+        axis, points = profile
+        k = "zyx".index(axis)
+        tiling = Tiling(plan["shape"], plan["window"], plan["overlap"], plan["periodic"],
+                        self.model.factor)
+        out = []
+        for group in tiling.batches(plan["windows_per_call"]):
+            rows = []
+            for corner in group:
+                centre = (corner[k] + tiling.sides[k] / 2) / plan["shape"][k] % 1.0
+                rows += [profile_at(points, centre)] * volumes
+            out.append(descriptors.condition(torch.tensor(rows)))
+        return out
+
     def denoiser(self, process, plan, on_windows=None, model_fn=None):
         """The denoiser of ``plan`` over ``model_fn`` (default: the plain model);
         ``on_windows(k, K)`` after each network call of a step over windows."""
@@ -173,7 +196,7 @@ class Generator:
 
     def sample(self, n, size=None, sampler="dpm++", steps=None, seed=None, eta=0.0, batch=None,
                variance="beta_tilde", progress=None, first=0, tiling="auto", overlap=0.25,
-               periodic=False, windows=8, fractions=None, guidance=1.0):
+               periodic=False, windows=8, fractions=None, guidance=1.0, fractions_along=None):
         """n volumes as a uint8/uint16 label array (n, d, h, w) with the training labels.
 
         ``size``: None (the training cube), a side or three sides. Volumes larger than the
@@ -192,8 +215,20 @@ class Generator:
         A model trained with ``condition="fractions"`` generates at the target ``fractions``
         (one per phase, label order; normalised) or, without one, each volume at fractions
         drawn from its training cubes; ``guidance`` is the classifier-free guidance scale
-        (1: the conditional model alone, one network call a step; else two)."""
+        (1: the conditional model alone, one network call a step; else two).
+        ``fractions_along`` = (axis, [(position, fractions), ...]) (``descriptors.
+        parse_profile``) grades the target along an axis: each window is conditioned on the
+        target at its centre, so it needs windows (``tiling`` auto or windows)."""
+        if fractions_along is not None:
+            if fractions is not None:
+                raise MdiffError("give --fractions or --fractions-along, not both")
+            if tiling == "whole":
+                raise MdiffError("--fractions-along conditions each window on its place: use "
+                                 "--tiling windows (or auto)")
+            tiling = "windows"
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch)
+        if fractions_along is not None and plan["tiling"] != "windows":
+            raise MdiffError("--fractions-along needs a volume larger than the training cube")
         if guidance != 1 and self.condition == "none":
             raise MdiffError("--guidance needs a model trained with --condition fractions")
         if sampler not in SAMPLERS:
@@ -205,7 +240,8 @@ class Generator:
             steps = int(steps or DEFAULT_STEPS[sampler])
             process = self.diffusion.respace(min(steps, self.diffusion.num_timesteps))
         seed = int(seed if seed is not None else torch.randint(0, 2**31 - 1, ()).item())
-        conds = self.conditions(n, seed, first, fractions)
+        conds = self.conditions(n, seed, first, fractions if fractions_along is None
+                                else profile_at(fractions_along[1], 0.5))
         shape = (self.phase_map.n, *plan["shape"])
         out = []
         total = n * process.num_timesteps
@@ -223,8 +259,11 @@ class Generator:
                 progress(d + (step[0] + k / count) * b, total)
 
             report, on_windows = (report, on_windows) if progress else (None, None)
-            model_fn = self.guided(None if conds is None else
-                                   conds[start:start + len(gens)], guidance)
+            if fractions_along is not None:
+                cond = self._graded(plan, fractions_along, len(gens))
+            else:
+                cond = None if conds is None else conds[start:start + len(gens)]
+            model_fn = self.guided(cond, guidance)
             denoise = self.denoiser(process, plan, on_windows, model_fn)
             if sampler == "ddim":
                 x = ddim_sample(denoise, process, shape, gens, self.device, eta=eta,
@@ -238,7 +277,8 @@ class Generator:
             del x, denoise
         self.seed = seed
         self.last_plan = plan
-        self.last_conditions = None if conds is None else conds[:, :-1].tolist()
+        self.last_conditions = (None if conds is None or fractions_along is not None
+                                else conds[:, :-1].tolist())
         return np.concatenate(out)
 
 
@@ -259,9 +299,11 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, seed=0, batch=None,
                   eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
                   tiling="auto", overlap=0.25, periodic=False, windows=8, overwrite=False,
-                  fractions=None, guidance=1.0):
+                  fractions=None, guidance=1.0, fractions_along=None):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
-    ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``: see ``Generator.sample``.
+    ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``, ``fractions``,
+    ``guidance``: see ``Generator.sample``; ``fractions_along`` as on the command line:
+    [AXIS, "POS:F0,F1,...", ...].
 
     A folder never holds two sets: one that holds samples is refused unless ``overwrite``,
     and then the old set is replaced as a whole, once the new one is complete (it is written
@@ -294,6 +336,13 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
     gen = load(ckpt, device, use_ema, precision)
     plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch)
     gen.conditions(1, 0, fractions=fractions)  # a bad target is one line before any work
+    if fractions_along is not None:  # the command line's AXIS POS:F0,F1,... POS:...
+        try:
+            fractions_along = descriptors.parse_profile(fractions_along[0], fractions_along[1:],
+                                                        gen.phase_map.n)
+        except ValueError as exc:
+            raise MdiffError(f"--fractions-along: {exc}") from None
+        gen.conditions(1, 0, fractions=fractions_along[1][0][1])
     if guidance != 1 and gen.condition == "none":
         raise MdiffError("--guidance needs a model trained with --condition fractions")
     if sampler in DEFAULT_STEPS:
@@ -327,7 +376,8 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
         volumes = (gen.sample(len(share), size, sampler, steps, seed, eta, batch,
                               progress=progress, first=share.start, tiling=tiling,
                               overlap=overlap, periodic=periodic, windows=windows,
-                              fractions=fractions, guidance=guidance)
+                              fractions=fractions, guidance=guidance,
+                              fractions_along=fractions_along)
                    if len(share) else [])
         for i, volume in zip(share, volumes):
             write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
@@ -352,6 +402,9 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
             "labels": list(gen.phase_map.labels),
             "condition": None if gen.condition == "none" else {
                 "kind": gen.condition, "target": None if fractions is None else list(fractions),
+                "graded": None if fractions_along is None else {
+                    "axis": fractions_along[0],
+                    "points": [[p, list(v)] for p, v in fractions_along[1]]},
                 "guidance": guidance, "per_volume": getattr(gen, "last_conditions", None)},
             "seconds": time.perf_counter() - started,
             "files": [p.name for p in paths]}

@@ -75,6 +75,13 @@ class Tiling:
                 for c in self.starts[2]:
                     yield (a, b, c)
 
+    def batches(self, per_call):
+        """The windows' corners in the groups, and the order, in which ``tiled_denoiser`` sends
+        them to the network, ``per_call`` a call (a model callable that conditions each window
+        on its place follows this)."""
+        corners = list(self.corners())
+        return [corners[k:k + per_call] for k in range(0, len(corners), per_call)]
+
 
 def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False, batch=8,
                    factor=1, clip_denoised=True, progress=None):
@@ -84,8 +91,9 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
     x̂_0. ``progress(k, K)`` is called after each network call of a step, k of K windows done
     (a step over a large volume can take minutes)."""
     tiling = Tiling(shape, window, overlap, periodic, factor)
-    corners = list(tiling.corners())  # window indices are made as needed: all of them at once
-    previous = [None]                 # would take 8 bytes × window voxels × windows
+    groups = tiling.batches(batch)  # window indices are made as needed: all of them at once
+    count = sum(map(len, groups))   # would take 8 bytes × window voxels × windows
+    previous = [None]
     norm = None
 
     def denoise(x_t, t):
@@ -96,12 +104,13 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
         fused = torch.zeros_like(flat)
         if norm is None:
             norm = torch.zeros(flat.shape[-1], device=x_t.device)
-            for corner in corners:
+            for corner in tiling.corners():
                 norm.index_add_(0, tiling.index(corner).to(x_t.device), weight)
         side = tiling.sides
         before = None if previous[0] is None else previous[0].reshape(n, c, -1)
-        for k in range(0, len(corners), batch):
-            chunk = [tiling.index(corner).to(x_t.device) for corner in corners[k:k + batch]]
+        done = 0
+        for group in groups:
+            chunk = [tiling.index(corner).to(x_t.device) for corner in group]
             crop = torch.cat([flat[:, :, idx].reshape(n, c, *side) for idx in chunk])
             x_self = None if before is None else torch.cat(
                 [before[:, :, idx].reshape(n, c, *side) for idx in chunk])
@@ -110,8 +119,9 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
             x_start = x_start.reshape(len(chunk), n, c, -1)
             for j, idx in enumerate(chunk):
                 fused.index_add_(2, idx, x_start[j] * weight)
+            done += len(chunk)
             if progress:
-                progress(k + len(chunk), len(corners))
+                progress(done, count)
         fused /= norm
         x_start = fused.reshape(x_t.shape)
         if diffusion.self_condition:

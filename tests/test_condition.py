@@ -141,3 +141,36 @@ def test_an_unconditioned_checkpoint_refuses_targets_and_samples_as_before(volum
     for args in (["--fractions", "0.5,0.3,0.2"], ["--guidance", "2"]):
         assert sample_main([str(ckpt), str(tmp_path / "o")] + args) == 2
         assert "--condition fractions" in capsys.readouterr().err
+
+
+def test_profiles_parse_and_interpolate():
+    axis, points = descriptors.parse_profile("z", ["1:1,1,2", "0:3,1,0"], 3)
+    assert axis == "z" and points[0] == (0.0, (0.75, 0.25, 0.0))
+    assert descriptors.profile_at(points, 0.5) == pytest.approx((0.5, 0.25, 0.25))
+    assert descriptors.profile_at(points, 2.0) == pytest.approx((0.25, 0.25, 0.5))
+    for axis, pts, expected in (("q", ["0:1,1,1", "1:1,1,1"], "axis"),
+                                ("z", ["0:1,1,1"], "two positions"),
+                                ("z", ["2:1,1,1", "0:1,1,1"], r"in \[0, 1\]"),
+                                ("z", ["0:1,1", "1:1,1,1"], "2 fractions")):
+        with pytest.raises(ValueError, match=expected):
+            descriptors.parse_profile(axis, pts, 3)
+
+
+def test_graded_sampling_conditions_each_window_on_its_place(conditioned, tmp_path):
+    gen = mdiff.load(conditioned, device="cpu")
+    profile = descriptors.parse_profile("z", ["0:0.8,0.1,0.1", "1:0.1,0.1,0.8"], 3)
+    plan = gen.plan(size=(48, 16, 16), tiling="windows", overlap=0.5, windows=2)
+    per_call = gen._graded(plan, profile, volumes=2)
+    firsts = [float(c[0, 0]) for c in per_call]  # phase 0's target, window by window along z
+    assert firsts == sorted(firsts, reverse=True) and firsts[0] > firsts[-1]
+    assert all(len(c) == 2 * len(g) for c, g in zip(
+        per_call, __import__("mdiff.tiling").tiling.Tiling(
+            plan["shape"], 16, 0.5).batches(2)))
+    vol = gen.sample(1, size=(48, 16, 16), steps=2, seed=0, fractions_along=profile)
+    assert vol.shape == (1, 48, 16, 16)
+    with pytest.raises(mdiff.MdiffError, match="--tiling windows"):
+        gen.sample(1, size=48, steps=2, tiling="whole", fractions_along=profile)
+    assert sample_main([str(conditioned), str(tmp_path / "g"), "-n", "1", "--size", "32",
+                        "--steps", "2", "--fractions-along", "x", "0:1,1,1", "1:1,1,4"]) == 0
+    info = json.loads((tmp_path / "g" / "samples.json").read_text())["condition"]
+    assert info["graded"]["axis"] == "x" and info["per_volume"] is None
