@@ -311,6 +311,12 @@ def evaluate_main(argv=None):
     parser.add_argument("--transport", action="store_true",
                         help="also percolating fraction and D_eff/D per phase (each cube's "
                              "mean over z, y, x); minutes for hundreds of cubes")
+    parser.add_argument("--near", type=_floats, metavar="F0,F1,...",
+                        help="judge volumes generated at these target fractions against the "
+                             "real cubes whose every phase fraction lies within --near-tol "
+                             "of them (a conditional comparison)")
+    parser.add_argument("--near-tol", type=float, default=0.03, metavar="TOL",
+                        help="tolerance of --near")
     parser.add_argument("--transport-tol", type=float, default=1e-2, metavar="TOL",
                         help="flux spread at which each cube's diffusion solve stops "
                              "(TauFactor's default; D_eff/D within 0.02 %% of a 1e-3 solve)")
@@ -354,7 +360,8 @@ def evaluate_main(argv=None):
         result = evaluate.evaluate_files(
             args.real, args.generated, args.size, args.real_region, mapping, args.training,
             args.transport, args.permutations, args.seed, args.s2_max,
-            args.memorisation_cubes, args.device, transport_tol=args.transport_tol)
+            args.memorisation_cubes, args.device, transport_tol=args.transport_tol,
+            near=args.near, near_tol=args.near_tol)
         result["command"] = "mdiff-evaluate " + " ".join(
             sys.argv[1:] if argv is None else argv)
         text = evaluate.format_markdown(result)

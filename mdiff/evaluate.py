@@ -361,14 +361,17 @@ class Progress:
 
 def evaluate_files(real_path, generated, size=None, real_region=None, mapping=None,
                    training=None, transport=False, permutations=200, seed=0, s2_max=None,
-                   memorisation_cubes=16, device="cpu", log=None, transport_tol=TRANSPORT_TOL):
+                   memorisation_cubes=16, device="cpu", log=None, transport_tol=TRANSPORT_TOL,
+                   near=None, near_tol=0.03):
     """``mdiff-evaluate`` as a function: judge each generated set (a folder of volumes or one
     volume file) against the real volume's cubes; returns ``judge``'s dict with the inputs
     described (and ``memorisation`` with ``training``).
 
     Volumes of the cube size are used whole; larger ones are cut into non-overlapping
     ``size``³ cubes, as is ``real_region`` (z0, z1) of the real volume. ``mapping`` maps the
-    generated volumes' labels onto the real ones. Every file is read once, one at a time."""
+    generated volumes' labels onto the real ones. Every file is read once, one at a time.
+    ``near``: fractions (label order) of a conditioned model's target: only the real cubes
+    whose every phase fraction lies within ``near_tol`` of it are the reference."""
     from .io import read_volume, volume_shape
     from .phases import PhaseMap, label_counts
 
@@ -411,6 +414,17 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
         + ", ".join(f"{k}: {len(v)} volume(s)" for k, v in files.items()))
     real = describe_cubes(real_cubes, phase_map, s2_max, transport, Progress("real", log),
                           device, transport_tol)
+    if near is not None:
+        if len(near) != phase_map.n:
+            raise MdiffError(f"--near: {len(near)} fractions for {phase_map.n} phases")
+        target = np.asarray(near, float) / sum(near)
+        real = [e for e in real if max(abs(p["volume_fraction"] - f)
+                                       for p, f in zip(e["phases"], target)) <= near_tol]
+        if len(real) < MIN_REAL_CUBES:
+            raise MdiffError(f"--near: only {len(real)} real cubes lie within {near_tol} of "
+                             f"the target in every phase; at least {MIN_REAL_CUBES} are needed "
+                             "(a larger --near-tol or region)")
+        log(f"  {len(real)} real cubes lie within {near_tol} of the target")
     sets, kept, inputs = {}, {}, []
     for name, paths in files.items():
         entries, keep = [], []
@@ -430,6 +444,7 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
     result = judge(real, sets, permutations, seed)
     result.update(real_path=str(real_path), real_region=[z0, z1], cube=size, s2_max=s2_max,
                   transport=transport, transport_tol=transport_tol if transport else None,
+                  near=None if near is None else {"fractions": list(near), "tolerance": near_tol},
                   inputs=inputs,
                   mapping=None if mapping is None else {str(k): v for k, v in mapping.items()})
     if training is not None:

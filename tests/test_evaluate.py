@@ -281,3 +281,18 @@ def test_evaluate_memorisation_finds_copies(files, tmp_path, capsys):
     memo = json.loads(capsys.readouterr().out)["memorisation"]["sets"]
     assert memo[str(copies)]["values"] == [1.0, 1.0]
     assert memo["real"]["cubes"] == 2 and memo["real"]["max"] < 1.0
+
+
+def test_evaluate_near_a_target_keeps_the_real_cubes_of_that_composition(files, capsys):
+    real = tifffile.imread(files / "real.tif")
+    phi = np.array([[(c == v).mean() for v in (0, 127, 255)]
+                    for c in evaluate.grid_cubes(real, 16)])
+    target = phi.mean(axis=0)
+    want = int(np.sum(np.abs(phi - target).max(axis=1) <= 0.2))
+    args = [str(files / "real.tif"), str(files / "gen"), "--json", "--permutations", "20",
+            "--near", ",".join(map(str, target))]
+    if want >= evaluate.MIN_REAL_CUBES:
+        assert evaluate_main(args + ["--near-tol", "0.2"]) == 0
+        assert json.loads(capsys.readouterr().out)["real"]["count"] == want
+    assert evaluate_main(args + ["--near-tol", "0.0001"]) == 2
+    assert "--near: only" in capsys.readouterr().err
