@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/evaluate_example.sh nmc_3phase_256 3 192 5      # NAME PHASES Z_CUT LENGTH
 #   bash benchmarks/evaluate_example.sh berea_2phase_200 2 150 5
+#   CONDITION=fractions bash benchmarks/evaluate_example.sh nmc_3phase_256 3 192 5   # + conditioned
 #
 # About 30 minutes of training on 2 CPU cores, 7 minutes of sampling, 1-4 minutes of judging.
 # Writes runs/example_NAME/ (training, samples) and benchmarks/results/evaluate_NAME/.
@@ -27,3 +28,18 @@ mdiff-sample "$run/model/checkpoint.pt" "$run/samples" -n 64 --threads 1 --overw
 mdiff-synth "$run/gauss.tif" --shape 128 --fractions "$fractions" --length "$length" --seed 1
 mdiff-evaluate "$data" "$run/samples" "$run/gauss.tif" --real-region "$cut": \
     --training "$run/train.tif" --transport --out "benchmarks/results/evaluate_$name"
+
+# With CONDITION=fractions: also a model conditioned on phase fractions (the same training
+# otherwise), its 64 volumes at fractions drawn from the training cubes, judged beside the
+# unconditioned ones: benchmarks/results/condition/evaluate_NAME/.
+if [ "${CONDITION:-}" = fractions ]; then
+  if [ -f "$run/cond/checkpoint.pt" ]; then
+    mdiff-train --resume --out "$run/cond" --steps 1600 --threads 1
+  else
+    mdiff-train "$run/train.tif" --phases "$phases" --preset small --precision bf16 \
+        --steps 1600 --condition fractions --out "$run/cond" --threads 1
+  fi
+  mdiff-sample "$run/cond/checkpoint.pt" "$run/samples_cond" -n 64 --threads 1 --overwrite
+  mdiff-evaluate "$data" "$run/samples_cond" "$run/samples" --real-region "$cut": --transport \
+      --out "benchmarks/results/condition/evaluate_$name"
+fi

@@ -14,6 +14,8 @@ count, the effective batch fixed at the preset's; 1 process uses every thread, N
 one thread each. Steps/s come from the run's own progress log after a warm-up.
 """
 import argparse
+import dataclasses
+import functools
 import json
 import multiprocessing
 import platform
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mdiff import descriptors
 from mdiff.config import PRESETS
 from mdiff.diffusion import GaussianDiffusion
 from mdiff.training import autocast, resolve_device
@@ -31,10 +34,10 @@ from mdiff.unet import UNet
 HERE = Path(__file__).resolve().parent
 
 
-def measure(preset, precision, compile_, steps, device):
+def measure(preset, precision, compile_, steps, device, condition="none"):
     p = PRESETS[preset]
     torch.manual_seed(0)
-    model = UNet(p.unet, p.train.patch).to(device)
+    model = UNet(dataclasses.replace(p.unet, condition=condition), p.train.patch).to(device)
     forward = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     process = GaussianDiffusion.from_config(p.diffusion)
@@ -43,8 +46,12 @@ def measure(preset, precision, compile_, steps, device):
 
     def step():
         t = torch.randint(0, process.num_timesteps, (shape[0],), device=device)
+        model_fn = forward
+        if condition != "none":  # as the training loop does it: descriptors of each cube
+            model_fn = functools.partial(forward, cond=descriptors.condition(
+                descriptors.fractions(x0)))
         with autocast(device, precision):
-            loss = process.training_losses(forward, x0, t, torch.randn_like(x0)).mean()
+            loss = process.training_losses(model_fn, x0, t, torch.randn_like(x0)).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -67,7 +74,7 @@ def measure(preset, precision, compile_, steps, device):
     else:  # this process measures one variant, so its peak resident set is that variant's
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     vox = steps * shape[0] * p.train.patch ** 3 / wall
-    return {"preset": preset, "precision": precision, "compile": compile_,
+    return {"preset": preset, "precision": precision, "compile": compile_, "condition": condition,
             "steps_per_s": steps / wall, "voxels_per_s": vox, "warmup_s": warm,
             "peak_gib": peak}
 
@@ -104,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--preset", help="default: paper on CUDA, small on CPU")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
+    ap.add_argument("--condition", default="none",
+                    help="fractions: a model conditioned on phase fractions (its cost per step)")
     ap.add_argument("--procs", type=int, nargs="+",
                     help="measure data-parallel training with these process counts instead")
     args = ap.parse_args(argv)
@@ -130,7 +139,8 @@ def main(argv=None):
     for precision, compile_ in variants:
         # a fresh process per variant: CPU peak memory (max RSS) is then the variant's own
         with spawn.Pool(1) as pool:
-            r = pool.apply(measure, (preset, precision, compile_, args.steps, device))
+            r = pool.apply(measure, (preset, precision, compile_, args.steps, device,
+                                     args.condition))
         rows.append(r)
         peak = f"{r['peak_gib']:.2f} GiB" + ("" if device.type == "cuda" else " RSS")
         print(f"{preset:>6} {precision:>5} {'compile' if compile_ else 'eager':>8}  "
@@ -140,7 +150,8 @@ def main(argv=None):
     for r in rows[1:]:
         print(f"  {r['precision']}{' + compile' if r['compile'] else ''}: "
               f"{r['voxels_per_s'] / base:.2f}x fp32 eager")
-    out = HERE / "results" / f"train_speed_{device.type}.json"
+    tag = "" if args.condition == "none" else f"_{args.condition}"
+    out = HERE / "results" / f"train_speed_{device.type}{tag}.json"
     out.write_text(json.dumps({"device": name, "rows": rows}, indent=1) + "\n")
 
 
