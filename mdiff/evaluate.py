@@ -428,6 +428,8 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
     sets, kept, inputs = {}, {}, []
     for name, paths in files.items():
         entries, keep = [], []
+        total = sum(np.prod([s // size for s in shapes[f]]) for f in paths)
+        progress = Progress(name, log)  # one line every 2 s over the whole set, not per file
         for path in paths:
             vol = read_volume(path)
             cubes = [vol] if vol.shape == (size,) * 3 else grid_cubes(vol, size)
@@ -435,8 +437,9 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
                 cubes = [lut[c].astype(volume.dtype) for c in cubes]
             keep += [np.array(c) for c in cubes[:max(0, memorisation_cubes - len(keep))]]
             entries += describe_cubes(cubes, phase_map, s2_max, transport,
-                                      Progress(f"{name} ({path.name})", log), device,
-                                      transport_tol)
+                                      lambda k, _, before=len(entries): progress(before + k,
+                                                                                  total),
+                                      device, transport_tol)
             inputs.append({"set": name, "path": str(path), "shape": list(vol.shape),
                            "cubes": len(cubes)})
             del vol, cubes
