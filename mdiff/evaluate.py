@@ -369,7 +369,8 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
 
     Volumes of the cube size are used whole; larger ones are cut into non-overlapping
     ``size``³ cubes, as is ``real_region`` (z0, z1) of the real volume. ``mapping`` maps the
-X
+    generated volumes' labels onto the real ones. Files are read one at a time, twice:
+    every label is checked before any work, then the cubes are measured.
     ``near``: fractions (label order) of a conditioned model's target: only the real cubes
     whose every phase fraction lies within ``near_tol`` of it are the reference."""
     from .io import read_volume, volume_shape
