@@ -30,13 +30,6 @@ def condition(values, keep=None):
     return torch.cat([values * flag, flag], dim=1)
 
 
-def unconditional(n, phases, device="cpu"):
-    """(n, phases + 1) zeros: no condition."""
-    import torch
-
-    return torch.zeros(n, phases + 1, device=device)
-
-
 def training_distribution(dataset, limit=4096):
     """(K, n) float32 fractions of up to ``limit`` training cubes (the dataset's grid, evenly
     thinned; random positions when it has none), recorded in the checkpoint so that sampling

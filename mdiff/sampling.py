@@ -177,7 +177,9 @@ class Generator:
         for group in tiling.batches(plan["windows_per_call"]):
             rows = []
             for corner in group:
-                centre = (corner[k] + tiling.sides[k] / 2) / plan["shape"][k] % 1.0
+                # the window's centre voxel as a position from 0 (first voxel) to 1 (last)
+                length = plan["shape"][k]
+                centre = (corner[k] + (tiling.sides[k] - 1) / 2) % length / max(length - 1, 1)
                 rows += [profile_at(points, centre)] * volumes
             out.append(descriptors.condition(torch.tensor(rows)))
         return out
