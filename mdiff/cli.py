@@ -106,9 +106,23 @@ def train_main(argv=None):
     from .config import PRESETS
 
     parser = _parser("mdiff-train", "Train a 3D denoising diffusion model on segmented volumes "
-                     "(cubes cut from the label volume, one-hot encoded, 48 cube symmetries).")
+                     "(cubes cut from the label volume, one-hot encoded, 48 cube symmetries), "
+                     "or a 2D model on segmented 2D images (patches, 8 square symmetries) that "
+                     "mdiff-sample turns into 3D volumes by multi-plane denoising.")
     parser.add_argument("data", nargs="*", metavar="DATA.tif",
-                        help="segmented 3D volume(s), .tif/.tiff or .npy; all with the same labels")
+                        help="segmented 3D volume(s) (.tif/.tiff, .npy, or a folder of 2D "
+                             "slices in name order), or 2D label image(s) (.tif/.tiff/.npy; "
+                             ".png/.bmp with Pillow): a 2D model; all with the same labels")
+    for plane, cut in (("xy", "a slice at fixed z: rows y, columns x"),
+                       ("xz", "a cross-section at fixed y: rows z, columns x"),
+                       ("yz", "a cross-section at fixed x: rows z, columns y")):
+        parser.add_argument(f"--{plane}", nargs="+", metavar="IMAGE",
+                            help=f"2D image(s) of an anisotropic material in the {plane} plane "
+                                 f"({cut}); the 2D model tells the planes apart. A missing xz "
+                                 "or yz takes the other's images" if plane != "xy" else
+                                 f"2D image(s) of an anisotropic material in the xy plane "
+                                 f"({cut}), with --xz and/or --yz; the 2D model tells the "
+                                 "planes apart")
     parser.add_argument("--phases", type=int, metavar="N",
                         help="expected number of phases; a volume with another count is refused")
     parser.add_argument("--example", action="store_true",
@@ -129,18 +143,20 @@ def train_main(argv=None):
                              "CPU; --batch-size is split over them). Under torchrun leave it "
                              "at 1: torchrun starts the processes")
     _threads_flag(parser)
-    _config_flags(parser, PRESETS, "unet", "model (override the preset)", skip=("phases",))
+    _config_flags(parser, PRESETS, "unet", "model (override the preset)",
+                  skip=("phases", "planes"))
     _config_flags(parser, PRESETS, "diffusion", "diffusion")
     _config_flags(parser, PRESETS, "train", "training")
 
     def body(args):
         from .training import train
 
-        if args.example and args.data:
+        planes = {p: getattr(args, p) for p in ("xy", "xz", "yz") if getattr(args, p)}
+        if args.example and (args.data or planes):
             raise MdiffError("give data files or --example, not both")
         if args.resume and args.overwrite:
             raise MdiffError("--resume goes on with a run, --overwrite starts it over: give one")
-        if not args.example and not args.data and not args.resume:
+        if not args.example and not args.data and not planes and not args.resume:
             raise MdiffError("no training data: give DATA.tif or --example "
                              "(see mdiff-train --help)")
         if args.procs < 1:
@@ -149,7 +165,7 @@ def train_main(argv=None):
         values = vars(args)
         train(args.data, args.phases, args.example, args.preset, args.out, args.resume,
               unet=values, diffusion=values, train=values, procs=args.procs,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, planes=planes)
 
     return _run("mdiff-train", parser, body, argv)
 
@@ -162,7 +178,8 @@ def sample_main(argv=None):
     parser.add_argument("-n", "--count", type=int, default=4, help="number of volumes")
     parser.add_argument("--size", type=int, nargs="+", metavar="S",
                         help="a cube side, or three sides Z Y X (default: the training cube "
-                             "side); any size, in memory bounded by --windows")
+                             "side, or patch side of a 2D model); any size, in memory bounded "
+                             "by --windows (--slices for a 2D model)")
     parser.add_argument("--sampler", choices=("dpm++", "ddim", "ddpm"), default="dpm++",
                         help="dpm++: DPM-Solver++(2M) (default); ddim; both take --steps "
                              "re-spaced steps; ddpm: ancestral, all T steps")
@@ -201,6 +218,12 @@ def sample_main(argv=None):
                              "(positions 0 = first voxel to 1 = last; linear in between), e.g. "
                              "z 0:0.30,0.45,0.25 1:0.45,0.35,0.20; each window is conditioned "
                              "on the target at its centre")
+    parser.add_argument("--fuse", choices=("mean", "cycle"), default="mean",
+                        help="a 2D model: mean = at every step the x0 estimates of the slices "
+                             "along z, y and x are averaged (three passes); cycle = one axis a "
+                             "step, in turn (a third of the cost)")
+    parser.add_argument("--slices", type=int, default=64,
+                        help="a 2D model: 2D slices per network call (bounds the memory)")
     parser.add_argument("--guidance", type=float, default=1.0, metavar="W",
                         help="classifier-free guidance scale of a conditioned model (1: the "
                              "conditional model alone; > 1 follows the target harder, at two "
@@ -222,7 +245,8 @@ def sample_main(argv=None):
                       not args.no_ema, tiling=args.tiling, overlap=args.overlap,
                       periodic=args.periodic, windows=args.windows, overwrite=args.overwrite,
                       fractions=args.fractions, guidance=args.guidance,
-                      fractions_along=args.fractions_along)
+                      fractions_along=args.fractions_along, fuse=args.fuse,
+                      slices=args.slices)
 
     return _run("mdiff-sample", parser, body, argv)
 

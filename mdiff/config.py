@@ -22,6 +22,12 @@ class UNetConfig:
     groups: int = _f(32, "GroupNorm groups (capped by the channel count)")
     periodic: bool = _f(False, "circular padding: the volume wraps around (periodic media)")
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
+    dims: int = _f(3, "3: a 3D model trained on cubes; 2: a 2D model trained on images (2D "
+                      "label images, or --dims 2 on a volume: its slices along every axis), "
+                      "sampled in 3D by multi-plane denoising")
+    planes: int = _f(1, "planes a 2D model tells apart: 1 (isotropic: every plane alike) or 3 "
+                        "(anisotropic: xy, xz and yz images each their own, set by --xy/--xz/"
+                        "--yz or --dims 2 --no-augment)")
     condition: str = _f("none", "per-cube descriptors the model is conditioned on: none, or "
                                 "fractions (each phase's volume fraction; sampling draws them "
                                 "from the training cubes or takes --fractions)")
@@ -93,6 +99,15 @@ PRESETS = {
         DiffusionConfig(timesteps=100),
         TrainConfig(patch=16, stride=8, batch_size=2, lr=1e-3, warmup=0, steps=20,
                     save_every=10, log_every=5, ema_decay=0.9)),
+}
+
+
+# What a 2D model (2D images, or --dims 2) changes in a preset's training: patches of 64² hold
+# an eighth of the voxels of a 32³ cube, so larger patches and batches cost about the same
+PRESETS_2D = {
+    "paper": {"patch": 128, "batch_size": 16},
+    "small": {"patch": 64, "batch_size": 16},
+    "tiny": {"patch": 16, "batch_size": 4},
 }
 
 

@@ -1,4 +1,6 @@
-"""Training cubes cut from uint8 label volumes, with the 48 symmetries of the cube.
+"""Training cubes cut from uint8 label volumes, with the 48 symmetries of the cube; and training
+patches cut from 2D label images (or from a volume's slices along every axis), with the 8
+symmetries of the square.
 
 Only the cubes of a batch are ever encoded: a cube is cut from the label volume, mapped to
 phase indices (uint8), rotated/reflected, and one-hot encoded on the training device. The whole
@@ -10,16 +12,22 @@ import numpy as np
 import torch
 
 from .errors import MdiffError
+
 from .phases import one_hot
 
 # the 48 symmetries of the cube: 6 axis permutations × 8 reflections
 SYMMETRIES = [(perm, flips) for perm in itertools.permutations(range(3))
               for flips in itertools.product((False, True), repeat=3)]
+# the 8 symmetries of the square: 2 axis orders × 4 reflections
+SQUARE_SYMMETRIES = [(perm, flips) for perm in itertools.permutations(range(2))
+                     for flips in itertools.product((False, True), repeat=2)]
+PLANES = ("xy", "xz", "yz")  # the plane an image lies in; a volume's slices along z, y, x
 
 
-def apply_symmetry(cube, index):
-    """One of the 48 cube symmetries applied to a (D, D, D) numpy cube (a view)."""
-    perm, flips = SYMMETRIES[index]
+def apply_symmetry(cube, index, symmetries=SYMMETRIES):
+    """One of the 48 cube symmetries applied to a (D, D, D) numpy cube (a view); or one of the
+    8 square symmetries of a (P, P) patch with ``symmetries=SQUARE_SYMMETRIES``."""
+    perm, flips = symmetries[index]
     cube = cube.transpose(perm)
     return cube[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
 
@@ -75,3 +83,91 @@ class CubeDataset:
         generator in ``rngs``."""
         index = torch.from_numpy(np.stack([self.cube(rng) for rng in rngs]))
         return one_hot(index.to(device), self.n)
+
+    def draw(self, rngs, device="cpu"):
+        """(batch, planes): what training draws; a cube has no plane (None)."""
+        return self.batch(rngs, device), None
+
+
+def volume_slices(volume):
+    """Every slice of a (D, H, W) volume as (image, plane) pairs of views: along z the xy
+    images (H, W), along y the xz images (D, W), along x the yz images (D, H)."""
+    return ([(volume[k], 0) for k in range(volume.shape[0])]
+            + [(volume[:, k], 1) for k in range(volume.shape[1])]
+            + [(volume[:, :, k], 2) for k in range(volume.shape[2])])
+
+
+class _Grid:
+    """The positions (image, row, column) of a regular grid of patches over many images,
+    computed on demand: a 750³ volume's slices hold millions of them."""
+
+    def __init__(self, shapes, patch, stride):
+        self.patch, self.stride = patch, stride
+        self.cols = [(w - patch) // stride + 1 for _, w in shapes]
+        counts = [((h - patch) // stride + 1) * c for (h, _), c in zip(shapes, self.cols)]
+        self.ends = np.cumsum(counts)
+
+    def __len__(self):
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, k):
+        i = int(np.searchsorted(self.ends, k, side="right"))
+        r, c = divmod(int(k) - (int(self.ends[i - 1]) if i else 0), self.cols[i])
+        return i, r * self.stride, c * self.stride
+
+
+class ImageDataset:
+    """Positions of training patches (side ``patch``) in 2D label images, each image tagged
+    with its plane (0 xy, 1 xz, 2 yz; ``PLANES``). stride > 0: a regular grid; 0: uniformly
+    random positions. ``augment``: the 8 square symmetries (isotropic materials only: a
+    reflection would turn an xz image upside down). ``draw(rngs)`` gives the one-hot batch
+    (n, phases, P, P) and the planes (n,) of its patches."""
+
+    def __init__(self, images, phase_map, patch, stride=25, augment=True):
+        self.images = [image for image, _ in images]
+        self.planes = [plane for _, plane in images]
+        for image, plane in images:
+            if min(image.shape) < patch:
+                raise MdiffError(f"an {PLANES[plane]} training image of {image.shape[0]}x"
+                                 f"{image.shape[1]} is smaller than the training patch side "
+                                 f"{patch}; use a smaller --patch")
+        wide = any(image.dtype == np.uint16 for image in self.images)
+        self.lut = phase_map.lut(np.uint16 if wide else np.uint8)
+        self.n = phase_map.n
+        self.patch = patch
+        self.stride = stride
+        self.augment = augment
+        if stride > 0:
+            self.positions = _Grid([image.shape for image in self.images], patch, stride)
+
+    def __len__(self):
+        return len(self.positions) if self.stride > 0 else 0
+
+    def _position(self, rng):
+        if self.stride > 0:
+            return self.positions[int(rng.integers(len(self.positions)))]
+        i = int(rng.integers(len(self.images)))
+        return (i, *(int(rng.integers(s - self.patch + 1)) for s in self.images[i].shape))
+
+    def cube_at(self, position):
+        """The patch of phase indices at (image, row, column), as stored."""
+        i, a, b = position
+        p = self.patch
+        return self.lut[self.images[i][a:a + p, b:b + p]]
+
+    def patch_and_plane(self, rng):
+        position = self._position(rng)
+        patch = self.cube_at(position)
+        if self.augment:
+            patch = apply_symmetry(patch, int(rng.integers(len(SQUARE_SYMMETRIES))),
+                                   SQUARE_SYMMETRIES)
+        return np.ascontiguousarray(patch), self.planes[position[0]]
+
+    def cube(self, rng):
+        return self.patch_and_plane(rng)[0]
+
+    def draw(self, rngs, device="cpu"):
+        drawn = [self.patch_and_plane(rng) for rng in rngs]
+        index = torch.from_numpy(np.stack([patch for patch, _ in drawn]))
+        planes = torch.tensor([plane for _, plane in drawn], device=device)
+        return one_hot(index.to(device), self.n, dims=2), planes

@@ -16,7 +16,7 @@ KINDS = ("none", "fractions")
 
 def fractions(x_start):
     """(N, n, D, H, W) one-hot batch in [-1, 1] → (N, n) volume fraction of each phase."""
-    return ((x_start + 1) * 0.5).mean(dim=(2, 3, 4))
+    return ((x_start + 1) * 0.5).flatten(2).mean(dim=2)
 
 
 def condition(values, keep=None):

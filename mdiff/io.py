@@ -1,4 +1,6 @@
-"""Reading and writing label volumes: 3D TIFF (multi-page or one 3D page) and .npy.
+"""Reading and writing label volumes: 3D TIFF (multi-page or one 3D page), .npy, and a folder of
+2D slices (one image per z, in natural name order: how CT and FIB-SEM stacks are exported);
+and 2D label images (TIFF, .npy; PNG and BMP with Pillow) for 2D training.
 
 Volumes are (z, y, x) integer arrays of phase labels. A voxel size, when the TIFF carries one
 (ImageJ ``spacing`` for z and the X/YResolution tags for y and x), is returned and can be
@@ -15,64 +17,175 @@ import numpy as np
 from .errors import MdiffError
 
 _SUFFIXES = (".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".bmp")  # .png/.bmp need Pillow
+_NO_META = {"voxel_size": None, "unit": None}
 
 
 def read_volume(path, with_meta=False):
-    """Read a 3D label volume from a TIFF or .npy file.
+    """Read a 3D label volume from a TIFF or .npy file, or from a folder of 2D slices.
 
     Returns the (D, H, W) uint8/uint16 array, or ``(volume, meta)`` with ``with_meta=True``
     where ``meta = {"voxel_size": (z, y, x) or None, "unit": str or None}``.
     Raises MdiffError, naming the file, for anything that is not a 3D integer label volume.
     """
     path = Path(path)
-    if not path.exists():
-        raise MdiffError(f"{path}: no such file")
     if path.is_dir():
-        raise MdiffError(f"{path}: is a directory, expected a .tif or .npy volume")
-    if path.stat().st_size == 0:
-        raise MdiffError(f"{path}: the file is empty")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        volume, meta = _read_npy(path), {"voxel_size": None, "unit": None}
-    elif suffix in (".tif", ".tiff"):
-        volume, meta = _read_tiff(path)
+        volume, meta = read_slices(path), dict(_NO_META)
     else:
-        raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff or .npy")
+        volume, meta = _read_file(path, "a 3D .tif/.tiff or .npy, or a folder of 2D slices")
     volume = check_volume(volume, name=str(path))
     return (volume, meta) if with_meta else volume
 
 
-def volume_shape(path):
-    """(D, H, W) of a volume file without reading its voxels (MdiffError as ``read_volume``),
-    so a set of large volumes can be planned before any is loaded."""
+def read_image(path):
+    """A 2D label image (H, W) uint8/uint16 from a TIFF, .npy, PNG or BMP file (the last two
+    need Pillow); MdiffError naming the file for anything else (RGB colour, float, 3D)."""
     path = Path(path)
+    image, _ = _read_file(path, "a 2D .tif/.tiff/.npy/.png/.bmp label image", images=True)
+    return check_image(image, str(path))
+
+
+def read_labels(path):
+    """``(array, meta)`` of a label file that may hold a 2D image or a 3D volume (training
+    data): a folder of slices is a volume; MdiffError for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        return read_volume(path, with_meta=True)
+    array, meta = _read_file(path, "a .tif/.tiff/.npy volume or image, a .png/.bmp image, or "
+                             "a folder of 2D slices", images=True)
+    rgb = np.ndim(array) == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4
+    if np.ndim(array) == 2 or rgb or path.suffix.lower() in (".png", ".bmp"):
+        return check_image(array, str(path)), meta
+    return check_volume(array, name=str(path)), meta
+
+
+def _read_file(path, expected, images=False):
+    if not path.exists():
+        raise MdiffError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MdiffError(f"{path}: the file is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _read_npy(path), dict(_NO_META)
+    if suffix in (".tif", ".tiff"):
+        return _read_tiff(path)
+    if images and suffix in (".png", ".bmp"):
+        return _read_pillow(path), dict(_NO_META)
+    raise MdiffError(f"{path}: unknown file type {suffix!r}; expected {expected}")
+
+
+def _read_pillow(path):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MdiffError(f"{path}: reading {path.suffix} images needs Pillow: pip install "
+                         "'mdiff[images]' (or save the image as TIFF)") from None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except Exception as exc:  # Pillow raises several types for corrupt or foreign files
+        raise MdiffError(f"{path}: not a readable image ({_first_line(exc)})") from None
+
+
+def check_image(image, name="image"):
+    """Return ``image`` as a 2D unsigned 8/16-bit label array, or raise MdiffError. A grey
+    image stored as RGB (three equal channels) is taken as grey; colour, float and 3D arrays
+    are refused, saying what was found."""
+    image = np.asanyarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        if image.shape[-1] == 4 and (image[..., 3] != image[..., 3].flat[0]).any():
+            raise MdiffError(f"{name}: an RGBA image with transparency; expected a segmented "
+                             "label image (one grey value per phase)")
+        if (image[..., 1] != image[..., 0]).any() or (image[..., 2] != image[..., 0]).any():
+            raise MdiffError(f"{name}: a colour (RGB) image of shape {image.shape}; expected a "
+                             "segmented label image, one grey value per phase (convert it to "
+                             "grey labels first)")
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise MdiffError(f"{name}: an array of shape {image.shape}; expected a 2D (y, x) label "
+                         "image")
+    return check_volume(image[None], name=name)[0]
+
+
+def read_slices(folder):
+    """The (D, H, W) volume of a folder of 2D slices (.tif/.tiff/.npy/.png/.bmp, one per z in
+    natural name order: slice_2 before slice_10); every slice must have the same shape and
+    type. Filled slice by slice into one array: no second copy of the volume."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not p.name.startswith(".")]
+    if not files:
+        raise MdiffError(f"{folder}: no images in this folder (expected 2D slices "
+                         f"{'/'.join(IMAGE_SUFFIXES)}, one per z)")
+    files.sort(key=_natural_key)
+    volume = None
+    for k, path in enumerate(files):
+        image = read_image(path)
+        if volume is None:
+            volume = np.empty((len(files), *image.shape), dtype=image.dtype)
+        elif image.shape != volume.shape[1:] or image.dtype != volume.dtype:
+            raise MdiffError(f"{path}: a {image.shape[0]}x{image.shape[1]} {image.dtype} slice "
+                             f"where {files[0].name} is {volume.shape[1]}x{volume.shape[2]} "
+                             f"{volume.dtype}; the slices of a volume must all be alike")
+        volume[k] = image
+    return volume
+
+
+def is_slice_folder(folder):
+    """True when a folder holds 2D images (a volume as slices), False when it holds 3D
+    volumes (a set of volumes) or nothing readable."""
+    folder = Path(folder)
+    first = next(iter(sorted((p for p in folder.iterdir() if p.is_file() and not
+                              p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
+                             key=_natural_key)), None)
+    if first is None:
+        return False
+    if first.suffix.lower() in (".png", ".bmp"):
+        return True
+    try:
+        return len(_file_shape(first)) == 2
+    except MdiffError:
+        return False
+
+
+def volume_shape(path):
+    """(D, H, W) of a volume file (or a folder of slices) without reading its voxels
+    (MdiffError as ``read_volume``), so a set of large volumes can be planned before any is
+    loaded."""
+    path = Path(path)
+    if path.is_dir() and is_slice_folder(path):
+        return read_slices(path).shape  # the slices' shapes are checked as they are read
     if not path.is_file():
         raise MdiffError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.series[0].shape
-        else:
-            raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff or .npy")
-    except MdiffError:
-        raise
-    except Exception as exc:  # numpy and tifffile raise several types for foreign files
-        raise MdiffError(f"{path}: not a readable volume ({_first_line(exc)})") from None
+    shape = _file_shape(path)
     if len(shape) != 3:
         raise MdiffError(f"{path}: an array of shape {tuple(shape)}; expected a 3D (z, y, x) "
                          "volume")
     return tuple(int(s) for s in shape)
 
 
+def _file_shape(path):
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False).shape
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tif.series[0].shape
+    except Exception as exc:  # numpy and tifffile raise several types for foreign files
+        raise MdiffError(f"{path}: not a readable volume ({_first_line(exc)})") from None
+    raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff or .npy")
+
+
 def volume_files(folder):
-    """The .tif/.tiff/.npy files of a folder in natural name order (sample_2 before
-    sample_10); MdiffError if there are none."""
+    """The .tif/.tiff/.npy volumes of a folder in natural name order (sample_2 before
+    sample_10), or [folder] itself when it holds 2D slices (one volume); MdiffError if there
+    are none."""
     folder = Path(folder)
+    if is_slice_folder(folder):
+        return [folder]
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES
              and not p.name.startswith(".")]
     if not files:

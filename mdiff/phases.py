@@ -97,9 +97,10 @@ class PhaseMap:
         return self.from_index(x.argmax(dim=-4).to("cpu", torch.uint8).numpy())
 
 
-def one_hot(index, n):
-    """uint8 index tensor (..., D, H, W) → float32 (..., n, D, H, W) in {-1, 1}."""
+def one_hot(index, n, dims=3):
+    """uint8 index tensor (..., D, H, W) → float32 (..., n, D, H, W) in {-1, 1}; with
+    ``dims=2`` (..., H, W) images → (..., n, H, W)."""
     import torch
 
-    x = torch.nn.functional.one_hot(index.long(), n).movedim(-1, -4)
+    x = torch.nn.functional.one_hot(index.long(), n).movedim(-1, -1 - dims)
     return x.to(torch.float32).mul_(2).sub_(1)

@@ -19,6 +19,7 @@ from .io import atomic_path, check_memory, free_memory, write_volume
 from .descriptors import profile_at
 from .phases import PhaseMap
 from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
+from .multiplane import FUSIONS, multiplane_denoiser
 from .tiling import Tiling, tiled_denoiser
 from .training import autocast, busy_warning, resolve_device
 from .unet import UNet
@@ -53,12 +54,13 @@ class Generator:
                              f"configuration ({str(exc).splitlines()[0][:160]})") from None
         self.model.to(self.device).eval()
         self.condition = self.unet_config.condition
+        self.dims = self.unet_config.dims
         recorded = state.get("descriptors")
         self.recorded = None if recorded is None else recorded["values"].float()
 
-    def _model_fn(self, x, t, *extra, cond=None):
+    def _model_fn(self, x, t, *extra, cond=None, plane=None):
         with autocast(self.device, self.precision):
-            return self.model(x, t, *extra, cond=cond)
+            return self.model(x, t, *extra, cond=cond, plane=plane)
 
     def conditions(self, n, seed, first=0, fractions=None):
         """(n, phases + 1) conditions of volumes first, ..., first + n − 1: the target
@@ -118,15 +120,23 @@ class Generator:
         return sides
 
     def plan(self, size=None, tiling="auto", overlap=0.25, periodic=False, windows=8, n=1,
-             batch=None):
+             batch=None, fuse="mean", slices=64):
         """How n samples of ``size`` are denoised: a dict (shape, tiling, window, overlap,
         stride, windows, periodic, batch); "whole" when the volume is no larger than the
         training cube and not periodic (the network sees it as in training); "auto": "whole"
-        where it needs at most half the free memory, else "windows". MdiffError if the
-        request is malformed or needs more memory than is free."""
+        where it needs at most half the free memory, else "windows". A 2D model: "planes",
+        multi-plane denoising (``mdiff.multiplane``) with ``fuse`` and ``slices`` images a
+        network call. MdiffError if the request is malformed or needs more memory than is
+        free."""
         shape = self.shape(size)
         if tiling not in TILINGS:
             raise MdiffError(f"--tiling must be one of {TILINGS}, got {tiling!r}")
+        if self.dims == 2:
+            return self._plan_planes(shape, tiling, overlap, windows, n, batch, periodic, fuse,
+                                     slices)
+        if (fuse, slices) != ("mean", 64):
+            raise MdiffError("--fuse and --slices are for 2D models (multi-plane denoising); "
+                             "this checkpoint is a 3D model")
         if not 0 <= overlap < 1:
             raise MdiffError(f"--overlap must be in [0, 1), got {overlap}")
         if int(windows) < 1:
@@ -155,12 +165,42 @@ class Generator:
                      what=f"sampling {'x'.join(map(str, shape))} voxels")
         return plan
 
+    def check_2d(self, fractions=None, guidance=1.0, fractions_along=None):
+        """MdiffError for a request a 2D model cannot serve (it has no condition)."""
+        if self.dims == 2 and (fractions is not None or fractions_along is not None
+                               or guidance != 1):
+            raise MdiffError("this is a 2D model: --fractions, --fractions-along and "
+                             "--guidance need a 3D model trained with --condition fractions")
+
+    def _plan_planes(self, shape, tiling, overlap, windows, n, batch, periodic, fuse, slices):
+        if tiling != "auto" or overlap != 0.25 or int(windows) != 8:
+            raise MdiffError("this is a 2D model: it makes 3D volumes by multi-plane denoising, "
+                             "slice by slice, so --tiling, --overlap and --windows do not apply "
+                             "(--slices sets the images per network call)")
+        if fuse not in FUSIONS:
+            raise MdiffError(f"--fuse must be one of {', '.join(FUSIONS)}, got {fuse!r}")
+        if int(slices) < 1:
+            raise MdiffError("--slices must be at least 1")
+        plan = {"shape": list(shape), "tiling": "planes", "periodic": bool(periodic),
+                "fuse": fuse, "slices": int(slices), "batch": int(batch or 1)}
+        if int(n) < 1 or plan["batch"] < 1:
+            raise MdiffError("the number of volumes and the batch size must be at least 1")
+        check_memory(self.memory_needed(plan["batch"], plan), self.device,
+                     "give a smaller --size, --batch or --slices",
+                     what=f"sampling {'x'.join(map(str, shape))} voxels")
+        return plan
+
     def memory_needed(self, n, plan):
         """Bytes a batch of n volumes needs beyond the model: the samplers' volume-sized
         buffers (x_t, x̂_0, ε̂, the next x_t, noise), the fused x̂_0 and its weights with
         windows, and the network's activations on what it sees at once."""
         voxels = math.prod(plan["shape"])
         c = self.phase_map.n
+        if plan["tiling"] == "planes":  # the network sees ``slices`` of the largest slices
+            d, h, w = plan["shape"]
+            seen = max(plan["slices"], n) * max(d * h, d * w, h * w)
+            return (n * voxels * c * 4 * 7 + seen * c * 4 * 3
+                    + seen * self.model.activation_bytes_per_voxel())
         buffers = n * voxels * c * 4 * (6 if plan["tiling"] == "windows" else 5) + voxels * 4
         seen = (n * min(plan.get("windows_per_call", 1), plan.get("windows", 1))
                 * self.patch ** 3 if plan["tiling"] == "windows" else n * voxels)
@@ -191,6 +231,10 @@ class Generator:
         if plan["tiling"] == "whole":
             self.model.set_periodic(plan["periodic"])
             return process.denoiser(model_fn)
+        if plan["tiling"] == "planes":
+            self.model.set_periodic(plan["periodic"])
+            return multiplane_denoiser(process, model_fn, plan["fuse"], plan["slices"],
+                                       self.unet_config.planes > 1, progress=on_windows)
         self.model.set_periodic(False)
         return tiled_denoiser(process, model_fn, plan["shape"], plan["window"],
                               plan["overlap"], plan["periodic"], plan["windows_per_call"],
@@ -198,7 +242,8 @@ class Generator:
 
     def sample(self, n, size=None, sampler="dpm++", steps=None, seed=None, eta=0.0, batch=None,
                variance="beta_tilde", progress=None, first=0, tiling="auto", overlap=0.25,
-               periodic=False, windows=8, fractions=None, guidance=1.0, fractions_along=None):
+               periodic=False, windows=8, fractions=None, guidance=1.0, fractions_along=None,
+               fuse="mean", slices=64):
         """n volumes as a uint8/uint16 label array (n, d, h, w) with the training labels.
 
         ``size``: None (the training cube), a side or three sides. Volumes larger than the
@@ -220,7 +265,11 @@ class Generator:
         (1: the conditional model alone, one network call a step; else two).
         ``fractions_along`` = (axis, [(position, fractions), ...]) (``descriptors.
         parse_profile``) grades the target along an axis: each window is conditioned on the
-        target at its centre, so it needs windows (``tiling`` auto or windows)."""
+        target at its centre, so it needs windows (``tiling`` auto or windows).
+        A 2D model makes 3D volumes by multi-plane denoising (``mdiff.multiplane``): ``fuse``
+        "mean" (x̂_0 of the three axes averaged every step) or "cycle" (one axis a step),
+        ``slices`` images a network call; tiling, overlap and windows do not apply."""
+        self.check_2d(fractions, guidance, fractions_along)
         if fractions_along is not None:
             if fractions is not None:
                 raise MdiffError("give --fractions or --fractions-along, not both")
@@ -228,7 +277,7 @@ class Generator:
                 raise MdiffError("--fractions-along conditions each window on its place: use "
                                  "--tiling windows (or auto)")
             tiling = "windows"
-        plan = self.plan(size, tiling, overlap, periodic, windows, n, batch)
+        plan = self.plan(size, tiling, overlap, periodic, windows, n, batch, fuse, slices)
         if fractions_along is not None and plan["tiling"] != "windows":
             raise MdiffError("--fractions-along needs a volume larger than the training cube")
         if guidance != 1 and self.condition == "none":
@@ -301,10 +350,10 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, seed=0, batch=None,
                   eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
                   tiling="auto", overlap=0.25, periodic=False, windows=8, overwrite=False,
-                  fractions=None, guidance=1.0, fractions_along=None):
+                  fractions=None, guidance=1.0, fractions_along=None, fuse="mean", slices=64):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
     ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``, ``fractions``,
-    ``guidance``: see ``Generator.sample``; ``fractions_along`` as on the command line:
+    ``guidance``, ``fuse``, ``slices``: see ``Generator.sample``; ``fractions_along`` as on the command line:
     [AXIS, "POS:F0,F1,...", ...].
 
     A folder never holds two sets: one that holds samples is refused unless ``overwrite``,
@@ -336,7 +385,9 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
                          "run; choose another folder, or --overwrite to replace that set")
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
-    plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch)
+    gen.check_2d(fractions, guidance, fractions_along)
+    plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch, fuse,
+                    slices)
     gen.conditions(1, 0, fractions=fractions)  # a bad target is one line before any work
     if fractions_along is not None:  # the command line's AXIS POS:F0,F1,... POS:...
         try:
@@ -367,6 +418,9 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
 
     how = (f"{plan['windows']} windows of {plan['window']}^3 a step (overlap {overlap:g})"
            if plan["tiling"] == "windows" else "the whole volume at once")
+    if plan["tiling"] == "planes":
+        turn = "the three axes fused" if fuse == "mean" else "one axis a step, in turn"
+        how = f"a 2D model, multi-plane denoising ({turn}, {plan['slices']} slices a call)"
     log(f"mdiff-sample: {n} volume(s) of {'x'.join(map(str, plan['shape']))} with {sampler}"
         f"{f' ({steps} steps)' if sampler != 'ddpm' else ''} on {gen.device}, "
         f"checkpoint step {gen.step}; {how}{', periodic' if periodic else ''}"
@@ -379,7 +433,7 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
                               progress=progress, first=share.start, tiling=tiling,
                               overlap=overlap, periodic=periodic, windows=windows,
                               fractions=fractions, guidance=guidance,
-                              fractions_along=fractions_along)
+                              fractions_along=fractions_along, fuse=fuse, slices=slices)
                    if len(share) else [])
         for i, volume in zip(share, volumes):
             write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from . import checkpoint, descriptors, distributed, synth
-from .config import (OBJECTIVES, PRESETS, TrainConfig, UNetConfig, diffusion_config, from_dict,
+from .config import (OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, diffusion_config, from_dict,
                      override, to_dict)
-from .data import CubeDataset
+from .data import PLANES, CubeDataset, ImageDataset, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import check_volume, read_volume
+from .io import check_image, check_volume, read_labels
 from .phases import PhaseMap
 from .unet import UNet
 
@@ -56,29 +56,66 @@ def autocast(device, precision):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def load_volumes(paths, phases=None, example=False):
-    """(volumes, phase_map, meta, names) of the training data; all files must share labels."""
+def load_volumes(paths, phases=None, example=False, planes=None):
+    """(arrays, phase_map, meta, names, tags) of the training data: 3D volumes and/or 2D
+    images (a folder of slices is a volume); all must share labels. ``planes``: {"xy": [...],
+    "xz": [...], "yz": [...]} images of an anisotropic material, one list per orientation;
+    their arrays come after those of ``paths``, tagged with their plane's index in ``PLANES``
+    (None for the others)."""
     if example:
         volume = synth.generate()
         return [volume], PhaseMap.from_volume(volume, phases, "example"), {
-            "voxel_size": None, "unit": None}, ["built-in example"]
-    if not paths:
-        raise MdiffError("no training data: give one or more volumes, or --example")
-    volumes, metas, maps = [], [], []
-    for k, path in enumerate(paths):
+            "voxel_size": None, "unit": None}, ["built-in example"], [None]
+    named = [(p, None) for p in paths] + [(p, plane) for plane in PLANES
+                                          for p in (planes or {}).get(plane, [])]
+    if not named:
+        raise MdiffError("no training data: give one or more volumes or images, or --example")
+    arrays, metas, maps, names = [], [], [], []
+    for k, (path, plane) in enumerate(named):
         if isinstance(path, np.ndarray):  # an array handed over by a pipeline
-            volume, meta = check_volume(path, f"array {k}"), {"voxel_size": None, "unit": None}
+            array = (check_image(path, f"array {k}") if path.ndim == 2
+                     else check_volume(path, f"array {k}"))
+            meta, name = {"voxel_size": None, "unit": None}, f"array {k}"
         else:
-            volume, meta = read_volume(path, with_meta=True)
-        maps.append(PhaseMap.from_volume(volume, phases, str(path)))
-        volumes.append(volume)
+            array, meta = read_labels(path)
+            name = str(path)
+        if plane is not None and array.ndim != 2:
+            raise MdiffError(f"{name}: --{plane} takes 2D images; this is a volume of shape "
+                             f"{array.shape}")
+        maps.append(PhaseMap.from_volume(array.reshape(-1, *array.shape[-2:]), phases, name))
+        arrays.append(array)
         metas.append(meta)
-    for path, pm in zip(paths[1:], maps[1:]):
+        names.append(name if plane is None else f"{name} ({plane})")
+    for name, pm in zip(names[1:], maps[1:]):
         if pm.labels != maps[0].labels:
-            raise MdiffError(f"{path}: labels {list(pm.labels)} differ from {paths[0]}'s "
-                             f"{list(maps[0].labels)}; all training volumes need the same phases")
-    names = [f"array {k}" if isinstance(p, np.ndarray) else str(p) for k, p in enumerate(paths)]
-    return volumes, maps[0], metas[0], names
+            raise MdiffError(f"{name}: labels {list(pm.labels)} differ from {names[0]}'s "
+                             f"{list(maps[0].labels)}; all training data need the same phases")
+    tags = [None if plane is None else PLANES.index(plane) for _, plane in named]
+    return arrays, maps[0], metas[0], names, tags
+
+
+def image_data(arrays, tags, planes, log):
+    """The (image, plane) pairs a 2D model trains on, and the number of planes it tells
+    apart: the slices of each volume along every axis, each 2D image as it is. When some
+    images came tagged with their plane (``tags``) or ``planes`` is 3, every image keeps its
+    plane (untagged images count as xy), and a missing xz or yz borrows the other's images
+    (the material is then taken as transversely isotropic about z)."""
+    images = []
+    for array, tag in zip(arrays, tags):
+        images += volume_slices(array) if array.ndim == 3 else [(array, tag or 0)]
+    if planes == 1 and all(tag is None for tag in tags):
+        return images, 1
+    have = {plane for _, plane in images}
+    if 0 not in have or not have & {1, 2}:
+        raise MdiffError("an anisotropic 2D model needs xy images and xz or yz images (--xy "
+                         "and --xz/--yz); for an isotropic material give the images without "
+                         "--xy/--xz/--yz")
+    for missing, other in ((1, 2), (2, 1)):
+        if missing not in have:
+            log(f"mdiff-train: no {PLANES[missing]} images: the {PLANES[other]} images stand "
+                f"for them (a material transversely isotropic about z)")
+            images += [(image, missing) for image, plane in images if plane == other]
+    return images, 3
 
 
 def _step_seed(seed, step):
@@ -86,15 +123,16 @@ def _step_seed(seed, step):
 
 
 def _draws(dataset, timesteps, seed, step, samples, device):
-    """Cubes (n, phases, P, P, P), timesteps (n,), noise like the cubes and uniforms (n,) for
-    the self-conditioning coin, of the given sample indices of a step (see the module doc)."""
+    """Cubes (n, phases, P, P, P) (or 2D patches), timesteps (n,), noise like the cubes,
+    uniforms (n,) for the self-conditioning coin and the patches' planes (None for cubes), of
+    the given sample indices of a step (see the module doc)."""
     rngs = [np.random.default_rng([seed, step, i]) for i in samples]
-    x_start = dataset.batch(rngs, device)
+    x_start, planes = dataset.draw(rngs, device)
     gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
     t = torch.cat([torch.randint(0, timesteps, (1,), generator=g) for g in gens])
     noise = torch.stack([torch.randn(x_start.shape[1:], generator=g) for g in gens])
     coin = torch.cat([torch.rand(1, generator=g) for g in gens])
-    return x_start, t.to(device), noise.to(device), coin.to(device)
+    return x_start, t.to(device), noise.to(device), coin.to(device), planes
 
 
 def _lr(cfg, step):
@@ -132,8 +170,14 @@ def _duration(seconds):
 
 
 def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff", resume=False,
-          unet=None, diffusion=None, train=None, log=_stderr, procs=1, overwrite=False):
+          unet=None, diffusion=None, train=None, log=_stderr, procs=1, overwrite=False,
+          planes=None):
     """Train a 3D DDPM on label volumes; returns the path of the final checkpoint.
+
+    2D label images in ``data`` (or ``unet={"dims": 2}`` on volumes: their slices along every
+    axis) train a 2D model, which ``mdiff-sample`` turns into 3D volumes by multi-plane
+    denoising; ``planes`` = {"xy": [...], "xz": [...], "yz": [...]} gives the images of an
+    anisotropic material per orientation (the model then tells the planes apart).
 
     ``unet``, ``diffusion`` and ``train`` are dicts of field overrides of the preset's configs
     (``None`` values ignored). With ``resume=True`` the run in ``out`` continues from its
@@ -152,7 +196,8 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         kwargs = dict(data=[str(p) if not isinstance(p, np.ndarray) else p for p in data],
                       phases=phases, example=example, preset=preset, out=str(out),
                       resume=resume, unet=unet, diffusion=diffusion, train=train,
-                      log=_stderr if log is _stderr else None, overwrite=overwrite)
+                      log=_stderr if log is _stderr else None, overwrite=overwrite,
+                      planes=planes)
         return Path(distributed.launch(int(procs), _worker, kwargs))
     ctx = distributed.context()
     log = (log or (lambda text: None)) if ctx.main else (lambda text: None)
@@ -172,24 +217,47 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
             raise MdiffError(f"--steps {tcfg.steps}: the run in {out} is already at step "
                              f"{state['step']}; give --steps above that to go on")
         example = state["data"]["example"]
-        if not data and not example:
+        if not data and not planes and not example:
             data = state["data"]["paths"]
-            if not data:
+            planes = state["data"].get("planes")
+            if not data and not planes:
                 raise MdiffError("--resume: this run was trained on in-memory arrays; pass "
                                  "them again as data")
     else:
         if preset not in PRESETS:
             raise MdiffError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        p = PRESETS[preset]
-        ucfg, dcfg, tcfg = (override(p.unet, unet or {}), override(p.diffusion, diffusion or {}),
-                            override(p.train, train or {}))
-    volumes, phase_map, meta, names = load_volumes(list(data), phases, example)
+        ucfg, dcfg = override(PRESETS[preset].unet, unet or {}), override(
+            PRESETS[preset].diffusion, diffusion or {})
+    arrays, phase_map, meta, names, tags = load_volumes(list(data), phases, example, planes)
     if state is not None and tuple(state["labels"]) != phase_map.labels:
         raise MdiffError(f"--resume: the data's labels {list(phase_map.labels)} differ from the "
                          f"checkpoint's {state['labels']}")
-    ucfg = override(ucfg, {"phases": phase_map.n})
-    _check(ucfg, dcfg, tcfg)
-    dataset = CubeDataset(volumes, phase_map, tcfg.patch, tcfg.stride, tcfg.augment, names)
+    if any(a.ndim == 2 for a in arrays) and ucfg.dims == 3:
+        if state is not None or (unet or {}).get("dims") == 3:
+            raise MdiffError("2D images train a 2D model (--dims 2); this run is 3D: give 3D "
+                             "volumes (a folder of slices is one)")
+        ucfg = override(ucfg, {"dims": 2})
+    if state is None:  # a 2D model has its own patch and batch defaults (config.PRESETS_2D)
+        tcfg = override(PRESETS[preset].train, {
+            **(PRESETS_2D[preset] if ucfg.dims == 2 else {}),
+            **{k: v for k, v in (train or {}).items() if v is not None}})
+    if ucfg.dims == 2:
+        if state is None and any(tag is not None for tag in tags) and tcfg.augment:
+            tcfg = override(tcfg, {"augment": False})
+            log("mdiff-train: images given per orientation: no symmetries (a reflection "
+                "would turn an xz image upside down)")
+        images, n_planes = image_data(arrays, tags, ucfg.planes if state is not None else (
+            3 if not tcfg.augment and any(a.ndim == 3 for a in arrays) else 1), log)
+        ucfg = override(ucfg, {"phases": phase_map.n, "planes": n_planes})
+        _check(ucfg, dcfg, tcfg)
+        log(f"mdiff-train: a 2D model on {len(images)} image(s)"
+            + (", xy/xz/yz told apart" if n_planes > 1 else "")
+            + "; mdiff-sample makes 3D volumes from it by multi-plane denoising")
+        dataset = ImageDataset(images, phase_map, tcfg.patch, tcfg.stride, tcfg.augment)
+    else:
+        ucfg = override(ucfg, {"phases": phase_map.n})
+        _check(ucfg, dcfg, tcfg)
+        dataset = CubeDataset(arrays, phase_map, tcfg.patch, tcfg.stride, tcfg.augment, names)
     device = resolve_device(tcfg.device)
     ctx = distributed.setup(device.type)
     if device.type == "cuda" and ctx.world > 1:
@@ -235,7 +303,10 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
               "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
               "unit": meta["unit"],
               "data": {"paths": [str(Path(p).resolve()) for p in data
-                                 if not isinstance(p, np.ndarray)], "example": example}}
+                                 if not isinstance(p, np.ndarray)], "example": example,
+                       "planes": {k: [str(Path(p).resolve()) for p in v
+                                      if not isinstance(p, np.ndarray)]
+                                  for k, v in (planes or {}).items() if v}}}
     loss_log = out / "loss.jsonl"
     if ctx.main:
         (out / "config.json").write_text(json.dumps({**static, "preset": preset}, indent=2)
@@ -262,8 +333,9 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     params = list(model.parameters())
     ema_params = list(ema.parameters())
     n_params = sum(p.numel() for p in params)
-    log(f"mdiff-train: {n_params / 1e6:.2f} M parameters, {len(dataset) or 'random'} cubes of "
-        f"{tcfg.patch}^3 from {', '.join(names)}, labels {list(phase_map.labels)}, "
+    log(f"mdiff-train: {n_params / 1e6:.2f} M parameters, {len(dataset) or 'random'} "
+        + (f"patches of {tcfg.patch}^2" if ucfg.dims == 2 else f"cubes of {tcfg.patch}^3")
+        + f" from {', '.join(names)}, labels {list(phase_map.labels)}, "
         f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; batch "
         f"{tcfg.batch_size}" + (f" over {ctx.world} processes" if ctx.world > 1 else "")
         + f"; steps {step} -> {tcfg.steps}; run dir {out}")
@@ -273,13 +345,15 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     running = torch.zeros((), device=device)
     window, last_loss = 0, None
     t_window = time.perf_counter()
-    voxels = tcfg.batch_size * tcfg.patch ** 3
+    voxels = tcfg.batch_size * tcfg.patch ** ucfg.dims
     try:
         while step < tcfg.steps:
             torch.manual_seed(_step_seed(tcfg.seed, step) + ctx.rank)  # dropout
-            x_start, t, noise, coin = _draws(dataset, process.num_timesteps, tcfg.seed, step,
-                                             mine, device)
+            x_start, t, noise, coin, planes_of = _draws(dataset, process.num_timesteps, tcfg.seed,
+                                                        step, mine, device)
             model_fn = forward
+            if ucfg.planes > 1:
+                model_fn = functools.partial(forward, plane=planes_of)
             if ucfg.condition != "none":
                 keep = torch.tensor([np.random.default_rng([tcfg.seed, step, i, 1]).random()
                                      >= tcfg.cond_drop for i in mine])
@@ -359,6 +433,11 @@ def _check(ucfg, dcfg, tcfg):
     if ucfg.condition not in descriptors.KINDS:
         raise MdiffError(f"--condition must be one of {', '.join(descriptors.KINDS)}, "
                          f"got {ucfg.condition!r}")
+    if ucfg.dims not in (2, 3):
+        raise MdiffError(f"--dims must be 2 or 3, got {ucfg.dims}")
+    if ucfg.dims == 2 and ucfg.condition != "none":
+        raise MdiffError("--condition is for 3D models; a 2D model (2D images or --dims 2) "
+                         "trains without it")
     if not 0 <= tcfg.cond_drop < 1:
         raise MdiffError(f"--cond-drop must be in [0, 1), got {tcfg.cond_drop}")
     if dcfg.snr_gamma < 0 or not dcfg.snr_shift > 0:

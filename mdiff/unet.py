@@ -1,11 +1,15 @@
-"""The 3D U-Net noise predictor ε_θ(x_t, t) of the paper's §3.2.3 (Fig. 3).
+"""The 3D U-Net noise predictor ε_θ(x_t, t) of the paper's §3.2.3 (Fig. 3), and its 2D twin.
 
 Initial convolution; levels of residual blocks (GroupNorm in fp32, SiLU, time-embedding
 injection) with multi-head self-attention at the coarse cube sides; stride-2 down-sampling on
 all three axes (depth is a spatial axis here, not time); middle blocks with attention; mirrored
 up-sampling levels fed by skip connections; final norm, SiLU and convolution. Tensors are
 (N, C, D, H, W). The network knows nothing of the noise schedule.
+
+``UNetConfig.dims = 2`` builds the same network with 2D convolutions on (N, C, H, W) images: a
+model trained on 2D micrographs, which ``mdiff.multiplane`` turns into a 3D denoiser.
 """
+import itertools
 import math
 
 import torch
@@ -38,9 +42,12 @@ def norm(channels, groups):
     return GroupNorm32(groups, channels)
 
 
-def conv(cin, cout, kernel=3, stride=1, periodic=False):
-    return nn.Conv3d(cin, cout, kernel, stride=stride, padding=kernel // 2,
-                     padding_mode="circular" if periodic and kernel > 1 else "zeros")
+CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def conv(cin, cout, kernel=3, stride=1, periodic=False, dims=3):
+    return CONVS[dims](cin, cout, kernel, stride=stride, padding=kernel // 2,
+                       padding_mode="circular" if periodic and kernel > 1 else "zeros")
 
 
 def zero(module):
@@ -53,16 +60,17 @@ class ResBlock(nn.Module):
     def __init__(self, cin, cout, emb_dim, cfg):
         super().__init__()
         self.norm1 = norm(cin, cfg.groups)
-        self.conv1 = conv(cin, cout, periodic=cfg.periodic)
+        self.conv1 = conv(cin, cout, periodic=cfg.periodic, dims=cfg.dims)
         self.emb = nn.Linear(emb_dim, cout)
         self.norm2 = norm(cout, cfg.groups)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.conv2 = zero(conv(cout, cout, periodic=cfg.periodic))
-        self.skip = nn.Identity() if cin == cout else conv(cin, cout, kernel=1)
+        self.conv2 = zero(conv(cout, cout, periodic=cfg.periodic, dims=cfg.dims))
+        self.skip = nn.Identity() if cin == cout else conv(cin, cout, kernel=1, dims=cfg.dims)
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None, None].to(h.dtype)
+        e = self.emb(F.silu(emb))
+        h = h + e.reshape(*e.shape, *[1] * (h.ndim - 2)).to(h.dtype)
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -81,15 +89,15 @@ class Attention(nn.Module):
         self.heads = heads
         self.window = window
         self.norm = norm(channels, cfg.groups)
-        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
-        self.out = zero(nn.Conv3d(channels, channels, 1))
+        self.qkv = conv(channels, 3 * channels, 1, dims=cfg.dims)
+        self.out = zero(conv(channels, channels, 1, dims=cfg.dims))
 
     def _attend(self, x):
-        n, c, d, h, w = x.shape
-        qkv = self.qkv(x).reshape(n, 3, self.heads, c // self.heads, d * h * w)
+        n, c = x.shape[:2]
+        qkv = self.qkv(x).reshape(n, 3, self.heads, c // self.heads, -1)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, L, C/heads)
         y = F.scaled_dot_product_attention(q, k, v)
-        return y.transpose(-1, -2).reshape(n, c, d, h, w)
+        return y.transpose(-1, -2).reshape(x.shape)
 
     def forward(self, x, emb=None):
         h = self.norm(x)
@@ -97,19 +105,16 @@ class Attention(nn.Module):
         if not s or max(x.shape[2:]) <= s:
             return x + self.out(self._attend(h))
         y = torch.empty_like(h)
-        d, hh, w = x.shape[2:]
-        for a in range(0, d, s):
-            for b in range(0, hh, s):
-                for c in range(0, w, s):
-                    y[:, :, a:a + s, b:b + s, c:c + s] = self._attend(
-                        h[:, :, a:a + s, b:b + s, c:c + s])
+        for corner in itertools.product(*(range(0, n, s) for n in x.shape[2:])):
+            window = (slice(None), slice(None), *(slice(a, a + s) for a in corner))
+            y[window] = self._attend(h[window])
         return x + self.out(y)
 
 
 class Downsample(nn.Module):
     def __init__(self, channels, cfg):
         super().__init__()
-        self.conv = conv(channels, channels, stride=2, periodic=cfg.periodic)
+        self.conv = conv(channels, channels, stride=2, periodic=cfg.periodic, dims=cfg.dims)
 
     def forward(self, x, emb=None):
         return self.conv(x)
@@ -118,7 +123,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels, cfg):
         super().__init__()
-        self.conv = conv(channels, channels, periodic=cfg.periodic)
+        self.conv = conv(channels, channels, periodic=cfg.periodic, dims=cfg.dims)
 
     def forward(self, x, emb=None):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -153,7 +158,12 @@ class UNet(nn.Module):
             self.cond_embed = nn.Sequential(nn.Linear(cfg.phases * ch + 1, emb_dim), nn.SiLU(),
                                             zero(nn.Linear(emb_dim, emb_dim)))
         self.self_condition = self_condition
-        self.input = conv(cfg.phases * (2 if self_condition else 1), ch, periodic=cfg.periodic)
+        self.planes = None
+        if cfg.planes > 1:  # an anisotropic 2D model: which plane (xy, xz, yz) it denoises
+            self.planes = nn.Embedding(cfg.planes, emb_dim)
+            nn.init.zeros_(self.planes.weight)
+        self.input = conv(cfg.phases * (2 if self_condition else 1), ch, periodic=cfg.periodic,
+                          dims=cfg.dims)
         self.down = nn.ModuleList()
         skips = [ch]
         for level, mult in enumerate(cfg.channel_mult):
@@ -183,25 +193,27 @@ class UNet(nn.Module):
                     blocks.append(Upsample(ch, cfg))
                 self.up.append(nn.ModuleList(blocks))
         self.output = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(),
-                                    zero(conv(ch, cfg.phases, periodic=cfg.periodic)))
+                                    zero(conv(ch, cfg.phases, periodic=cfg.periodic,
+                                              dims=cfg.dims)))
 
     def set_periodic(self, periodic):
         """Circular (periodic) or zero padding in every convolution from now on: a model
         trained either way can sample a volume that tiles space."""
         for m in self.modules():
-            if isinstance(m, nn.Conv3d) and m.kernel_size[0] > 1:
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.kernel_size[0] > 1:
                 m.padding_mode = "circular" if periodic else "zeros"
 
     def activation_bytes_per_voxel(self):
         """Bytes of activations per voxel of the input while sampling (no gradients, fp32):
         the skip connections of every level (a level of side S/2^l holds 1/8^l of the voxels)
         plus a few working tensors of the widest full-resolution block. An estimate to refuse
-        requests that cannot fit, checked against measured peaks in benchmarks/large_volume.py."""
+        requests that cannot fit, checked against measured peaks in benchmarks/large_volume.py.
+        A 2D model: bytes per pixel of its input (a level holds 1/4^l of them)."""
         cfg = self.cfg
         skips = cfg.base_channels  # the input convolution's output
         for level, mult in enumerate(cfg.channel_mult):
             skips += (cfg.blocks_per_level + (level < len(cfg.channel_mult) - 1)) \
-                * mult * cfg.base_channels / 8 ** level
+                * mult * cfg.base_channels / (2 ** cfg.dims) ** level
         widest = 2 * cfg.channel_mult[0] * cfg.base_channels + cfg.channel_mult[-1] \
             * cfg.base_channels / 2
         return 4 * (skips + 4 * widest)
@@ -219,10 +231,18 @@ class UNet(nn.Module):
                 h = block(h, emb)
         return h
 
-    def forward(self, x, t, x_self=None, cond=None):
-        """``cond``: (N, phases + 1) condition of ``mdiff.descriptors`` (None: unconditional)."""
+    def forward(self, x, t, x_self=None, cond=None, plane=None):
+        """``cond``: (N, phases + 1) condition of ``mdiff.descriptors`` (None: unconditional);
+        ``plane``: (N,) or one index of the plane each image lies in (0 xy, 1 xz, 2 yz), for a
+        model with ``cfg.planes`` > 1."""
         ch = self.cfg.base_channels
         emb = self.time_embed(timestep_embedding(t, ch))
+        if self.planes is not None:
+            if plane is None:
+                raise ValueError("this model tells planes apart: give plane=0 (xy), 1 (xz) "
+                                 "or 2 (yz)")
+            plane = torch.as_tensor(plane, device=x.device).long().expand(len(x))
+            emb = emb + self.planes(plane)
         if self.cond_embed is not None:
             if cond is None:
                 cond = torch.zeros(len(x), self.cfg.phases + 1, device=x.device)

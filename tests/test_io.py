@@ -74,6 +74,8 @@ def _bad_inputs(tmp_path):
 @pytest.mark.parametrize("main", [metrics_main, train_main], ids=["metrics", "train"])
 def test_bad_inputs_give_one_line(tmp_path, capsys, main):
     for name, (path, expected) in _bad_inputs(tmp_path).items():
+        if name == "2d" and main is train_main:
+            continue  # a 2D image trains a 2D model (tests/test_multiplane.py)
         argv = [str(path)] + (["--preset", "tiny", "--out", str(tmp_path / "run")]
                               if main is train_main else [])
         assert main(argv) == 2, name
