@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ONE = r"""
 import json, resource, sys, time
 import torch
-sys.path.insert(0, {root!r})
+sys.path.insert(0, ROOT_DIR)
 import mdiff
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"]) if args["threads"] else None
@@ -71,8 +71,9 @@ def main(argv=None):
                 job = {"ckpt": ckpt, "device": device, "precision": args.precision,
                        "size": size, "batch": args.batch, "slices": args.slices, "fuse": fuse,
                        "threads": args.threads}
-                run = subprocess.run([sys.executable, "-c", ONE.format(root=str(ROOT)),
-                                      json.dumps(job)], capture_output=True, text=True)
+                code = ONE.replace("ROOT_DIR", repr(str(ROOT)))
+                run = subprocess.run([sys.executable, "-c", code, json.dumps(job)],
+                                     capture_output=True, text=True)
                 if run.returncode:
                     row = {"error": run.stderr.strip().splitlines()[-1]}
                 else:
