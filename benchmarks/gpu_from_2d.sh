@@ -25,6 +25,7 @@ for name in nmc berea; do
   done
   sample "runs/gpu/${name}_3d.pt" "$OUT/${name}_3d" -n 16 --size $size
 done
+sample runs/gpu/nmc_slice.pt "$OUT/nmc_slice_128" -n 2 --size 128 --fuse mean --slices 1024
 echo "sampling done at $((SECONDS - start)) s"
 python3 benchmarks/from_2d_cost.py slice=runs/gpu/nmc_slice.pt dims2=runs/gpu/nmc_dims2.pt \
     3d=runs/gpu/nmc_3d.pt --sizes 64 128 --slices 1024 --out "$OUT/cost.json"

@@ -3,7 +3,7 @@ runs in a fresh folder, in order, and must exit 0 within a minute.
 
 Not run: the install lines (CI has just run them), torchrun (several processes or GPUs), the
 test command itself, and lines marked ⏱ (they take minutes). An ⏱ training line that starts a
-run is replaced by the same command with ``--preset tiny --steps 4`` appended (argparse lets
+run is replaced by the same command with ``--preset tiny --steps 40`` appended (argparse lets
 the last flag win), so the lines after it have a checkpoint to use."""
 import os
 import re
@@ -40,7 +40,7 @@ def plan(lines):
             command = line.split("#")[0].strip()
             if command.startswith("mdiff-train") and "--resume" not in command \
                     and "--procs" not in command:
-                out.append((command + " --preset tiny --steps 4", None))
+                out.append((command + " --preset tiny --steps 40", None))
             else:
                 out.append((line, "takes minutes"))
         else:
