@@ -27,7 +27,7 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"]) if args["threads"] else None
 gen = mdiff.load(args["ckpt"], device=args["device"], precision=args["precision"])
 cuda = gen.device.type == "cuda"
-kw = dict(size=args["size"], seed=0, batch=args["batch"])
+kw = dict(size=args["size"], seed=0, batch=args["batch"], sampler="dpm++", steps=30)
 if gen.dims == 2:
     kw.update(fuse=args["fuse"], slices=args["slices"])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -4,12 +4,14 @@
 # beside them), the cost of a 64^3 and a 128^3 volume is measured, and, time allowing, a
 # conditioned and an unconditioned `small` model train for 150 s each on the Berea training
 # slab (issue 16's GPU figure). Inputs in runs/gpu/ (strip_checkpoint.py copies, the Berea
-# slab z < 150 as berea_train.tif); outputs in $OUT (default runs/gpu/out).
+# slab z < 150 as berea_train.tif); outputs in $WORK (default runs/gpu/out), packed at the end
+# into $PACK/gpu_from_2d.tgz when PACK is set (the device tool brings back few files: hundreds
+# of volumes must travel as one archive).
 #
-#   bash benchmarks/gpu_from_2d.sh
+#   PACK=$OUT bash benchmarks/gpu_from_2d.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/gpu/out}
+OUT=${WORK:-runs/gpu/out}
 mkdir -p "$OUT"
 start=$SECONDS
 python3 -m pip install --no-deps --no-build-isolation -e . -q > "$OUT/install.log" 2>&1
@@ -42,3 +44,4 @@ if [ $((SECONDS - start)) -lt 200 ] && [ -f runs/gpu/berea_train.tif ]; then
   done
 fi
 echo "all done at $((SECONDS - start)) s"
+if [ -n "${PACK:-}" ]; then tar -C "$OUT" -czf "$PACK/gpu_from_2d.tgz" --exclude='*.pt' .; fi

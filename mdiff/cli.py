@@ -180,12 +180,16 @@ def sample_main(argv=None):
                         help="a cube side, or three sides Z Y X (default: the training cube "
                              "side, or patch side of a 2D model); any size, in memory bounded "
                              "by --windows (--slices for a 2D model)")
-    parser.add_argument("--sampler", choices=("dpm++", "ddim", "ddpm"), default="dpm++",
-                        help="dpm++: DPM-Solver++(2M) (default); ddim; both take --steps "
-                             "re-spaced steps; ddpm: ancestral, all T steps")
+    parser.add_argument("--sampler", choices=("dpm++", "ddim", "ddpm"),
+                        help="dpm++: DPM-Solver++(2M) (default of 3D models); ddim (default of "
+                             "2D models, with --eta 1); both take --steps re-spaced steps; "
+                             "ddpm: ancestral, all T steps")
     parser.add_argument("--steps", type=int,
-                        help="steps of dpm++ (default 30) and ddim (default 50)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic)")
+                        help="steps of dpm++ (default 30) and ddim (default 50; 100 for a 2D "
+                             "model)")
+    parser.add_argument("--eta", type=float,
+                        help="DDIM noise: 0 deterministic (default of 3D models), 1 as noisy "
+                             "as ancestral sampling (default of 2D models)")
     parser.add_argument("--seed", type=int, default=0, help="same seed -> same volumes")
     parser.add_argument("--batch", type=int, help="volumes per forward pass (default min(n, 8))")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -218,12 +222,17 @@ def sample_main(argv=None):
                              "(positions 0 = first voxel to 1 = last; linear in between), e.g. "
                              "z 0:0.30,0.45,0.25 1:0.45,0.35,0.20; each window is conditioned "
                              "on the target at its centre")
-    parser.add_argument("--fuse", choices=("mean", "cycle"), default="mean",
-                        help="a 2D model: mean = at every step the x0 estimates of the slices "
-                             "along z, y and x are averaged (three passes); cycle = one axis a "
-                             "step, in turn (a third of the cost)")
+    parser.add_argument("--fuse", choices=("cycle", "mean", "geo"),
+                        help="a 2D model: cycle = the slices along one axis a step, z, y, x in "
+                             "turn (default); mean = at every step the x0 estimates of the "
+                             "slices along z, y and x averaged (three times the cost); geo = "
+                             "their phase probabilities' normalised geometric mean")
     parser.add_argument("--slices", type=int, default=64,
                         help="a 2D model: 2D slices per network call (bounds the memory)")
+    parser.add_argument("--free-fractions", action="store_true",
+                        help="a 2D model: do not hold the fused estimate to the training "
+                             "images' phase fractions (without that hold the planes' "
+                             "disagreement erodes the minority phases)")
     parser.add_argument("--guidance", type=float, default=1.0, metavar="W",
                         help="classifier-free guidance scale of a conditioned model (1: the "
                              "conditional model alone; > 1 follows the target harder, at two "
@@ -246,7 +255,7 @@ def sample_main(argv=None):
                       periodic=args.periodic, windows=args.windows, overwrite=args.overwrite,
                       fractions=args.fractions, guidance=args.guidance,
                       fractions_along=args.fractions_along, fuse=args.fuse,
-                      slices=args.slices)
+                      slices=args.slices, free_fractions=args.free_fractions)
 
     return _run("mdiff-sample", parser, body, argv)
 

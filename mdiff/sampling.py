@@ -28,6 +28,16 @@ SAMPLERS = ("dpm++", "ddim", "ddpm")
 # Network calls by default: DPM-Solver++(2M) at 30 steps matched DDIM-50's fidelity figures within
 # the noise of 16 volumes (benchmarks/results/sampler_steps_nmc_3phase_256.md).
 DEFAULT_STEPS = {"dpm++": 30, "ddim": 50}
+# What a model of each kind samples with when not told (one place; ``Generator.defaults``).
+# 2D models (multi-plane denoising): a deterministic solver leaves the planes' disagreement as
+# voxel-scale roughness (the slices of fused NMC volumes had 1.5x the boundary length of the
+# training slice, whose own 2D samples match it); DDIM with eta = 1 lets the later steps mend it
+# (1.25x), and one axis a step (cycle) did as well as fusing all three at a third of the cost:
+# README "From 2D images", benchmarks/results/from_2d/.
+SAMPLING_DEFAULTS = {
+    3: {"sampler": "dpm++", "eta": 0.0, "fuse": None, "steps": DEFAULT_STEPS},
+    2: {"sampler": "ddim", "eta": 1.0, "fuse": "cycle", "steps": {"dpm++": 30, "ddim": 100}},
+}
 TILINGS = ("auto", "whole", "windows")
 
 
@@ -55,8 +65,31 @@ class Generator:
         self.model.to(self.device).eval()
         self.condition = self.unet_config.condition
         self.dims = self.unet_config.dims
+        fractions = state.get("image_fractions")  # a 2D model's training images' composition
+        self.image_fractions = None if fractions is None else fractions.float()
         recorded = state.get("descriptors")
         self.recorded = None if recorded is None else recorded["values"].float()
+
+    def defaults(self, sampler=None, steps=None, eta=None, fuse=None):
+        """(sampler, steps, eta, fuse) with this kind of model's ``SAMPLING_DEFAULTS`` where
+        not given (steps None for ddpm, which takes every step); MdiffError for a bad one."""
+        kind = SAMPLING_DEFAULTS[self.dims]
+        sampler = sampler or kind["sampler"]
+        if sampler not in SAMPLERS:
+            raise MdiffError(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "ddpm":
+            if steps is not None:
+                raise MdiffError("--steps does not apply to --sampler ddpm, which takes every "
+                                 "step of the schedule; use --sampler dpm++ or ddim for fewer "
+                                 "steps")
+        else:
+            steps = int(steps or kind["steps"][sampler])
+        if self.dims == 3 and fuse is not None:
+            raise MdiffError("--fuse and --slices are for 2D models (multi-plane denoising); "
+                             "this checkpoint is a 3D model")
+        if fuse is not None and fuse not in FUSIONS:
+            raise MdiffError(f"--fuse must be one of {', '.join(FUSIONS)}, got {fuse!r}")
+        return sampler, steps, kind["eta"] if eta is None else float(eta), fuse or kind["fuse"]
 
     def _model_fn(self, x, t, *extra, cond=None, plane=None):
         with autocast(self.device, self.precision):
@@ -120,7 +153,7 @@ class Generator:
         return sides
 
     def plan(self, size=None, tiling="auto", overlap=0.25, periodic=False, windows=8, n=1,
-             batch=None, fuse="mean", slices=64):
+             batch=None, fuse=None, slices=64, free_fractions=False):
         """How n samples of ``size`` are denoised: a dict (shape, tiling, window, overlap,
         stride, windows, periodic, batch); "whole" when the volume is no larger than the
         training cube and not periodic (the network sees it as in training); "auto": "whole"
@@ -133,8 +166,8 @@ class Generator:
             raise MdiffError(f"--tiling must be one of {TILINGS}, got {tiling!r}")
         if self.dims == 2:
             return self._plan_planes(shape, tiling, overlap, windows, n, batch, periodic, fuse,
-                                     slices)
-        if (fuse, slices) != ("mean", 64):
+                                     slices, free_fractions)
+        if fuse is not None or slices != 64 or free_fractions:
             raise MdiffError("--fuse and --slices are for 2D models (multi-plane denoising); "
                              "this checkpoint is a 3D model")
         if not 0 <= overlap < 1:
@@ -172,17 +205,25 @@ class Generator:
             raise MdiffError("this is a 2D model: --fractions, --fractions-along and "
                              "--guidance need a 3D model trained with --condition fractions")
 
-    def _plan_planes(self, shape, tiling, overlap, windows, n, batch, periodic, fuse, slices):
+    def _plan_planes(self, shape, tiling, overlap, windows, n, batch, periodic, fuse, slices,
+                     free_fractions=False):
         if tiling != "auto" or overlap != 0.25 or int(windows) != 8:
             raise MdiffError("this is a 2D model: it makes 3D volumes by multi-plane denoising, "
                              "slice by slice, so --tiling, --overlap and --windows do not apply "
                              "(--slices sets the images per network call)")
+        fuse = fuse or SAMPLING_DEFAULTS[2]["fuse"]
         if fuse not in FUSIONS:
             raise MdiffError(f"--fuse must be one of {', '.join(FUSIONS)}, got {fuse!r}")
+        if fuse == "geo" and self.diffusion.objective != "x0":
+            raise MdiffError("--fuse geo multiplies phase probabilities, which only the x0 "
+                             "objective predicts; use --fuse cycle or mean")
         if int(slices) < 1:
             raise MdiffError("--slices must be at least 1")
         plan = {"shape": list(shape), "tiling": "planes", "periodic": bool(periodic),
-                "fuse": fuse, "slices": int(slices), "batch": int(batch or 1)}
+                "fuse": fuse, "slices": int(slices), "batch": int(batch or 1),
+                "match_fractions": None if free_fractions or self.image_fractions is None
+                or self.diffusion.objective != "x0" else
+                [round(float(f), 6) for f in self.image_fractions]}
         if int(n) < 1 or plan["batch"] < 1:
             raise MdiffError("the number of volumes and the batch size must be at least 1")
         check_memory(self.memory_needed(plan["batch"], plan), self.device,
@@ -234,16 +275,17 @@ class Generator:
         if plan["tiling"] == "planes":
             self.model.set_periodic(plan["periodic"])
             return multiplane_denoiser(process, model_fn, plan["fuse"], plan["slices"],
-                                       self.unet_config.planes > 1, progress=on_windows)
+                                       self.unet_config.planes > 1, progress=on_windows,
+                                       fractions=plan["match_fractions"])
         self.model.set_periodic(False)
         return tiled_denoiser(process, model_fn, plan["shape"], plan["window"],
                               plan["overlap"], plan["periodic"], plan["windows_per_call"],
                               self.model.factor, progress=on_windows)
 
-    def sample(self, n, size=None, sampler="dpm++", steps=None, seed=None, eta=0.0, batch=None,
+    def sample(self, n, size=None, sampler=None, steps=None, seed=None, eta=None, batch=None,
                variance="beta_tilde", progress=None, first=0, tiling="auto", overlap=0.25,
                periodic=False, windows=8, fractions=None, guidance=1.0, fractions_along=None,
-               fuse="mean", slices=64):
+               fuse=None, slices=64, free_fractions=False):
         """n volumes as a uint8/uint16 label array (n, d, h, w) with the training labels.
 
         ``size``: None (the training cube), a side or three sides. Volumes larger than the
@@ -254,7 +296,9 @@ class Generator:
         by that, not by the volume) or "auto" (whole where it fits in half the free memory).
         ``periodic``: the volume tiles space (windows wrap round / circular padding).
         ``sampler`` dpm++ (DPM-Solver++(2M), ``steps`` re-spaced steps, default 30), ddim
-        (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); volume i depends
+        (``steps``, default 50, ``eta``) or ddpm (ancestral, all T steps); None: the model
+        kind's default (``SAMPLING_DEFAULTS``: dpm++ for 3D, DDIM-100 with eta 1 for 2D models);
+        volume i depends
         only on (seed, i), not on ``batch``; the volumes are i = first, ..., first + n − 1 (how
         processes share a job).
         ``progress(done, total)`` is called after every denoising step of every batch (and
@@ -267,9 +311,14 @@ class Generator:
         parse_profile``) grades the target along an axis: each window is conditioned on the
         target at its centre, so it needs windows (``tiling`` auto or windows).
         A 2D model makes 3D volumes by multi-plane denoising (``mdiff.multiplane``): ``fuse``
-        "mean" (x̂_0 of the three axes averaged every step) or "cycle" (one axis a step),
-        ``slices`` images a network call; tiling, overlap and windows do not apply."""
+        "cycle" (one axis a step, the default), "mean" (x̂_0 of the three axes averaged every
+        step) or "geo" (their phase probabilities' normalised geometric mean), ``slices``
+        images a network call; tiling, overlap and windows do not apply. Every step's fused
+        x̂_0 is held to the training images' phase fractions (``multiplane.match_fractions``;
+        the fused planes otherwise lose the minority phases) unless ``free_fractions``."""
         self.check_2d(fractions, guidance, fractions_along)
+        sampler, steps, eta, fuse = self.defaults(sampler, None if sampler == "ddpm" else steps,
+                                                  eta, fuse)
         if fractions_along is not None:
             if fractions is not None:
                 raise MdiffError("give --fractions or --fractions-along, not both")
@@ -277,18 +326,16 @@ class Generator:
                 raise MdiffError("--fractions-along conditions each window on its place: use "
                                  "--tiling windows (or auto)")
             tiling = "windows"
-        plan = self.plan(size, tiling, overlap, periodic, windows, n, batch, fuse, slices)
+        plan = self.plan(size, tiling, overlap, periodic, windows, n, batch, fuse, slices,
+                         free_fractions)
         if fractions_along is not None and plan["tiling"] != "windows":
             raise MdiffError("--fractions-along needs a volume larger than the training cube")
         if guidance != 1 and self.condition == "none":
             raise MdiffError("--guidance needs a model trained with --condition fractions")
-        if sampler not in SAMPLERS:
-            raise MdiffError(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
         n, batch = int(n), plan["batch"]
         if sampler == "ddpm":
             process = self.diffusion
         else:
-            steps = int(steps or DEFAULT_STEPS[sampler])
             process = self.diffusion.respace(min(steps, self.diffusion.num_timesteps))
         seed = int(seed if seed is not None else torch.randint(0, 2**31 - 1, ()).item())
         conds = self.conditions(n, seed, first, fractions if fractions_along is None
@@ -347,14 +394,16 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
     return Generator(checkpoint.load(path), device, use_ema, precision, path=str(path))
 
 
-def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, seed=0, batch=None,
-                  eta=0.0, device="auto", precision="fp32", use_ema=True, log=None,
+def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=0, batch=None,
+                  eta=None, device="auto", precision="fp32", use_ema=True, log=None,
                   tiling="auto", overlap=0.25, periodic=False, windows=8, overwrite=False,
-                  fractions=None, guidance=1.0, fractions_along=None, fuse="mean", slices=64):
+                  fractions=None, guidance=1.0, fractions_along=None, fuse=None, slices=64,
+                  free_fractions=False):
     """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json; returns the paths.
     ``size``, ``tiling``, ``overlap``, ``periodic``, ``windows``, ``fractions``,
-    ``guidance``, ``fuse``, ``slices``: see ``Generator.sample``; ``fractions_along`` as on the command line:
-    [AXIS, "POS:F0,F1,...", ...].
+    ``guidance``, ``sampler``, ``steps``, ``eta``, ``fuse``, ``slices``, ``free_fractions``: see
+    ``Generator.sample``; ``fractions_along`` as on the command line: [AXIS, "POS:F0,F1,...",
+    ...].
 
     A folder never holds two sets: one that holds samples is refused unless ``overwrite``,
     and then the old set is replaced as a whole, once the new one is complete (it is written
@@ -376,18 +425,16 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
             log = lambda text: None  # noqa: E731
     if n < 1:
         raise MdiffError(f"-n {n}: nothing to generate; give at least 1 volume")
-    if sampler not in DEFAULT_STEPS and steps is not None:
-        raise MdiffError(f"--steps does not apply to --sampler {sampler}, which takes every "
-                         "step of the schedule; use --sampler dpm++ or ddim for fewer steps")
     old_set = _sample_set(out_dir)
     if old_set and not overwrite:
         raise MdiffError(f"{out_dir} already holds {len(old_set)} sample file(s) of another "
                          "run; choose another folder, or --overwrite to replace that set")
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
+    sampler, steps, eta, fuse = gen.defaults(sampler, steps, eta, fuse)
     gen.check_2d(fractions, guidance, fractions_along)
     plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch, fuse,
-                    slices)
+                    slices, free_fractions)
     gen.conditions(1, 0, fractions=fractions)  # a bad target is one line before any work
     if fractions_along is not None:  # the command line's AXIS POS:F0,F1,... POS:...
         try:
@@ -398,8 +445,6 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
         gen.conditions(1, 0, fractions=fractions_along[1][0][1])
     if guidance != 1 and gen.condition == "none":
         raise MdiffError("--guidance needs a model trained with --condition fractions")
-    if sampler in DEFAULT_STEPS:
-        steps = int(steps or DEFAULT_STEPS[sampler])
     partial = out_dir / ".partial"
     if ctx.main:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run that was stopped
@@ -433,7 +478,8 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler="dpm++", steps=None, se
                               progress=progress, first=share.start, tiling=tiling,
                               overlap=overlap, periodic=periodic, windows=windows,
                               fractions=fractions, guidance=guidance,
-                              fractions_along=fractions_along, fuse=fuse, slices=slices)
+                              fractions_along=fractions_along, fuse=fuse, slices=slices,
+                              free_fractions=free_fractions)
                    if len(share) else [])
         for i, volume in zip(share, volumes):
             write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,

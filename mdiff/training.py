@@ -30,7 +30,7 @@ from .data import PLANES, CubeDataset, ImageDataset, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
 from .io import check_image, check_volume, read_labels
-from .phases import PhaseMap
+from .phases import PhaseMap, label_counts
 from .unet import UNet
 
 CHECKPOINT = "checkpoint.pt"
@@ -315,6 +315,12 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
 
     saved = [None if state is None else state["step"]]  # the step the checkpoint holds
     recorded = {}
+    if ucfg.dims == 2:  # the composition multi-plane sampling holds its volumes to
+        counts = np.zeros(phase_map.n)
+        for array in arrays:
+            for label, count in label_counts(array.reshape(-1, *array.shape[-2:])).items():
+                counts[phase_map.labels.index(label)] += count
+        recorded["image_fractions"] = torch.tensor(counts / counts.sum(), dtype=torch.float32)
     if ucfg.condition != "none":  # what sampling draws each volume's descriptors from
         recorded["descriptors"] = {"kind": ucfg.condition, "values": torch.from_numpy(
             descriptors.training_distribution(dataset))}

@@ -252,6 +252,8 @@ def test_sample_cli_from_a_2d_checkpoint_and_its_refusals(model_2d, tmp_path, ca
                         "--fuse", "cycle"]) == 0
     info = json.loads((out / "samples.json").read_text())
     assert info["tiling"] == "planes" and info["fuse"] == "cycle" and info["size"] == [16] * 3
+    # a 2D model's defaults: DDIM with eta = 1, one axis a step (sampling.SAMPLING_DEFAULTS)
+    assert info["sampler"] == "ddim" and info["eta"] == 1.0 and info["steps"] == 3
     assert read_volume(out / "sample_001.tif").shape == (16, 16, 16)
     capsys.readouterr()
     for args, expected in ((["--tiling", "windows"], "--tiling"),
@@ -267,11 +269,61 @@ def test_sample_cli_from_a_2d_checkpoint_and_its_refusals(model_2d, tmp_path, ca
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
-def test_a_3d_checkpoint_refuses_2d_flags(tmp_path, capsys):
+def test_a_3d_checkpoint_refuses_2d_flags_and_keeps_its_defaults(tmp_path, capsys):
     ckpt = mdiff.train(example=True, preset="tiny", out=tmp_path / "r3",
                        train={"steps": 1}, **QUIET)
     assert sample_main([str(ckpt), str(tmp_path / "s"), "--fuse", "cycle"]) == 2
     assert "2D models" in capsys.readouterr().err
+    assert sample_main([str(ckpt), str(tmp_path / "s"), "--free-fractions"]) == 2
+    assert "2D models" in capsys.readouterr().err
+    assert sample_main([str(ckpt), str(tmp_path / "s"), "-n", "1", "--steps", "2"]) == 0
+    info = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert info["sampler"] == "dpm++" and info["steps"] == 2 and "fuse" not in info
+    assert sample_main([str(ckpt), str(tmp_path / "d"), "--sampler", "ddpm", "--steps",
+                        "5"]) == 2
+    assert "--steps does not apply" in capsys.readouterr().err
+
+
+def test_match_fractions_holds_each_volume_to_the_target():
+    from mdiff.multiplane import match_fractions
+
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(2, 3, 5, 6, 7) * 2 + torch.tensor([2.0, 0, -1])[:, None,
+                                                                          None, None], 1)
+    target = torch.tensor([0.2, 0.5, 0.3])
+    got = (match_fractions(2 * p - 1, target, rounds=20) + 1) / 2
+    assert torch.allclose(got.sum(1), torch.ones(2, 5, 6, 7), atol=1e-5)
+    assert torch.allclose(got.mean(dim=(2, 3, 4)), target.expand(2, 3), atol=1e-3)
+    assert (got.argmax(1) == p.argmax(1)).float().mean() < 1  # it moved the decisions
+
+
+def test_2d_runs_record_their_images_fractions_and_sampling_holds_to_them(image_file, volume,
+                                                                           model_2d, tmp_path):
+    state = torch.load(model_2d, weights_only=True)
+    image = volume[12]
+    want = [float((image == label).mean()) for label in (0, 127, 255)]
+    assert state["image_fractions"].tolist() == pytest.approx(want, abs=1e-6)
+    gen = mdiff.load(model_2d)
+    assert gen.plan(16)["match_fractions"] == pytest.approx(want, abs=1e-5)
+    assert gen.plan(16, free_fractions=True)["match_fractions"] is None
+    assert sample_main([str(model_2d), str(tmp_path / "s"), "-n", "1", "--size", "8",
+                        "--steps", "2", "--free-fractions"]) == 0
+    info = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert info["match_fractions"] is None
+
+
+def test_geometric_fusion_is_the_normalised_product_of_the_planes():
+    diffusion = GaussianDiffusion(cosine_betas(100), objective="x0")
+    model = _random_unet(TINY_2D)
+    x_t = torch.randn(1, 3, 4, 6, 8)
+    t = torch.tensor([30])
+    logs = []
+    for axis in range(3):
+        p = (_reference(diffusion, model, x_t, t, (axis,)) + 1) / 2
+        logs.append(torch.log(p.clamp_min(1e-6)))
+    want = 2 * torch.softmax(sum(logs) / 3, dim=1) - 1
+    got, _ = multiplane_denoiser(diffusion, model, "geo", slices=7)(x_t, t)
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 # ---- training a 2D model -------------------------------------------------------------------
