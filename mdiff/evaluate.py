@@ -400,7 +400,10 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
     s2_max = size // 2 if s2_max is None else min(int(s2_max), size - 1)
     lut = _label_lut(mapping)
     for name, paths in files.items():  # every label checked before any work
-        _check_set_labels(name, paths, lut, phase_map)
+        lost = _check_set_labels(name, paths, lut, phase_map)
+        if lost and log:
+            log(f"mdiff-evaluate: {name}: no voxel of label(s) {lost} in its volumes; judged "
+                "as a phase the generator lost (give --map if its labels differ instead)")
     if training is not None:
         train_volume = read_volume(training)
         strange = sorted(set(label_counts(train_volume)) - set(phase_map.labels))
@@ -460,7 +463,8 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
 
 def _check_set_labels(name, paths, lut, phase_map):
     """MdiffError, one line, unless every volume's labels (mapped by ``lut``) are real labels
-    and the set as a whole holds every real phase."""
+    and the set holds two at least; returns the real labels the set never holds (a phase the
+    generator lost is a result to report, φ = 0, not an error)."""
     from .io import read_volume
     from .phases import label_counts
 
@@ -477,10 +481,11 @@ def _check_set_labels(name, paths, lut, phase_map):
                 "--map FROM:TO,... (e.g. --map "
                 + ",".join(f"{a}:{b}" for a, b in zip(sorted(labels), phase_map.labels)) + ")")
         seen |= got
-    if seen != set(phase_map.labels):
+    if len(seen) < 2:  # one label: nothing to judge, or another tool's labels unmapped
         raise MdiffError(f"{name}: its volumes hold labels {sorted(seen)} but the real volume "
                          f"has {list(phase_map.labels)} ({len(seen)} phases against "
                          f"{phase_map.n}); map them with --map FROM:TO,...")
+    return sorted(set(phase_map.labels) - seen)  # phases the generator lost: judged as absent
 
 
 def _label_lut(mapping):

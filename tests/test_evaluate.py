@@ -240,10 +240,9 @@ def test_evaluate_maps_another_tools_labels(files, tmp_path, capsys):
 def test_evaluate_bad_input_is_one_line(files, tmp_path, capsys, case):
     real, gen = str(files / "real.tif"), str(files / "gen")
     extra = []
-    if case == "phases":
-        write_volume(tmp_path / "two.tif", synth.generate((16, 16, 16), (0.5, 0.5), (0, 255),
-                                                         2.0, seed=0))
-        gen = str(tmp_path / "two.tif")
+    if case == "phases":  # one label: nothing to judge (two of three would be a lost phase)
+        write_volume(tmp_path / "one.tif", np.zeros((16, 16, 16), np.uint8))
+        gen = str(tmp_path / "one.tif")
     elif case == "empty":
         (tmp_path / "none").mkdir()
         gen = str(tmp_path / "none")
@@ -259,6 +258,19 @@ def test_evaluate_bad_input_is_one_line(files, tmp_path, capsys, case):
     assert evaluate_main([real, gen, "--permutations", "20"] + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("mdiff-evaluate: error: ") and err.count("\n") == 1, err
+
+
+def test_a_phase_the_generator_lost_is_judged_not_refused(files, tmp_path, capsys):
+    lost = synth.generate((16, 16, 16), (0.5, 0.5), (0, 255), 2.0, seed=0)
+    write_volume(tmp_path / "two.tif", lost)
+    assert evaluate_main([str(files / "real.tif"), str(tmp_path / "two.tif"),
+                          "--permutations", "20", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "no voxel of label(s) [127]" in captured.err
+    report = json.loads(captured.out)
+    phi = [v for v in report["verdicts"] if v["phase"] == 127
+           and v["figure"] == "volume_fraction"]
+    assert len(phi) == 1 and phi[0]["mean"] == 0 and phi[0]["verdict"] == "differs"
 
 
 def test_evaluate_plot_target_is_checked_before_the_work(files, capsys):
