@@ -2,7 +2,10 @@
 Lee & Ahmed 2025): at a step, the slices of x_t along an axis go through the 2D network as a
 batch of images, and their x̂_0 stack back into a volume; the x̂_0 of the three axes are
 averaged ("mean", three network passes over the volume a step) or the axis changes from one
-step to the next ("cycle", one pass a step). ε̂ follows from the fused x̂_0, so the result is a
+step to the next ("cycle", one pass a step), or their phase probabilities are multiplied
+("geo"); with the x0 objective the fused x̂_0 can be held to given phase fractions
+(``match_fractions``: fused planes otherwise erode the minority phases). ε̂ follows from the
+fused x̂_0, so the result is a
 denoiser like ``GaussianDiffusion.denoiser``'s and every sampler works with it unchanged.
 
 Slices along z are xy images (H, W), along y xz images (D, W), along x yz images (D, H): the
