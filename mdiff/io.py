@@ -111,13 +111,10 @@ def read_slices(folder):
     """The (D, H, W) volume of a folder of 2D slices (.tif/.tiff/.npy/.png/.bmp, one per z in
     natural name order: slice_2 before slice_10); every slice must have the same shape and
     type. Filled slice by slice into one array: no second copy of the volume."""
-    folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not p.name.startswith(".")]
+    files = _slice_files(folder)
     if not files:
         raise MdiffError(f"{folder}: no images in this folder (expected 2D slices "
                          f"{'/'.join(IMAGE_SUFFIXES)}, one per z)")
-    files.sort(key=_natural_key)
     volume = None
     for k, path in enumerate(files):
         image = read_image(path)
@@ -131,19 +128,39 @@ def read_slices(folder):
     return volume
 
 
+def _slice_files(folder):
+    """The image files of a folder in natural name order."""
+    return sorted((p for p in Path(folder).iterdir() if p.is_file() and not
+                   p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=_natural_key)
+
+
+def _image_shape(path):
+    """(H, W) of a 2D image file (a grey image stored as RGB counts as 2D) from its header."""
+    if path.suffix.lower() in (".png", ".bmp"):
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.size[1], im.size[0]
+        except ImportError:
+            return read_image(path).shape  # the one line that names the extra
+        except Exception as exc:  # Pillow raises several types for corrupt or foreign files
+            raise MdiffError(f"{path}: not a readable image ({_first_line(exc)})") from None
+    shape = tuple(_file_shape(path))
+    return shape[:2] if len(shape) == 3 and shape[-1] in (3, 4) else shape
+
+
 def is_slice_folder(folder):
     """True when a folder holds 2D images (a volume as slices), False when it holds 3D
     volumes (a set of volumes) or nothing readable."""
-    folder = Path(folder)
-    first = next(iter(sorted((p for p in folder.iterdir() if p.is_file() and not
-                              p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
-                             key=_natural_key)), None)
-    if first is None:
+    files = _slice_files(folder)
+    if not files:
         return False
-    if first.suffix.lower() in (".png", ".bmp"):
+    if files[0].suffix.lower() in (".png", ".bmp"):
         return True
     try:
-        return len(_file_shape(first)) == 2
+        return len(_file_shape(files[0])) == 2
     except MdiffError:
         return False
 
@@ -153,8 +170,15 @@ def volume_shape(path):
     (MdiffError as ``read_volume``), so a set of large volumes can be planned before any is
     loaded."""
     path = Path(path)
-    if path.is_dir() and is_slice_folder(path):
-        return read_slices(path).shape  # the slices' shapes are checked as they are read
+    if path.is_dir() and is_slice_folder(path):  # from the slices' headers, not their pixels
+        files = _slice_files(path)
+        first = _image_shape(files[0])
+        for f in files[1:]:
+            if _image_shape(f) != first:
+                raise MdiffError(f"{f}: a {'x'.join(map(str, _image_shape(f)))} slice where "
+                                 f"{files[0].name} is {'x'.join(map(str, first))}; the slices "
+                                 "of a volume must all be alike")
+        return (len(files), *(int(s) for s in first))
     if not path.is_file():
         raise MdiffError(f"{path}: no such file")
     shape = _file_shape(path)

@@ -35,7 +35,7 @@ DEFAULT_STEPS = {"dpm++": 30, "ddim": 50}
 # (1.25x), and one axis a step (cycle) did as well as fusing all three at a third of the cost:
 # README "From 2D images", benchmarks/results/from_2d/.
 SAMPLING_DEFAULTS = {
-    3: {"sampler": "dpm++", "eta": 0.0, "fuse": None, "steps": DEFAULT_STEPS},
+    3: {"sampler": "dpm++", "eta": 0.0, "steps": DEFAULT_STEPS},
     2: {"sampler": "ddim", "eta": 1.0, "fuse": "cycle", "steps": {"dpm++": 30, "ddim": 100}},
 }
 TILINGS = ("auto", "whole", "windows")
@@ -70,9 +70,10 @@ class Generator:
         recorded = state.get("descriptors")
         self.recorded = None if recorded is None else recorded["values"].float()
 
-    def defaults(self, sampler=None, steps=None, eta=None, fuse=None):
-        """(sampler, steps, eta, fuse) with this kind of model's ``SAMPLING_DEFAULTS`` where
-        not given (steps None for ddpm, which takes every step); MdiffError for a bad one."""
+    def defaults(self, sampler=None, steps=None, eta=None):
+        """(sampler, steps, eta) with this kind of model's ``SAMPLING_DEFAULTS`` where not
+        given (steps None for ddpm, which takes every step); MdiffError for a bad one. (The
+        fusion of a 2D model is settled by ``plan``.)"""
         kind = SAMPLING_DEFAULTS[self.dims]
         sampler = sampler or kind["sampler"]
         if sampler not in SAMPLERS:
@@ -84,12 +85,7 @@ class Generator:
                                  "steps")
         else:
             steps = int(steps or kind["steps"][sampler])
-        if self.dims == 3 and fuse is not None:
-            raise MdiffError("--fuse and --slices are for 2D models (multi-plane denoising); "
-                             "this checkpoint is a 3D model")
-        if fuse is not None and fuse not in FUSIONS:
-            raise MdiffError(f"--fuse must be one of {', '.join(FUSIONS)}, got {fuse!r}")
-        return sampler, steps, kind["eta"] if eta is None else float(eta), fuse or kind["fuse"]
+        return sampler, steps, kind["eta"] if eta is None else float(eta)
 
     def _model_fn(self, x, t, *extra, cond=None, plane=None):
         with autocast(self.device, self.precision):
@@ -168,8 +164,8 @@ class Generator:
             return self._plan_planes(shape, tiling, overlap, windows, n, batch, periodic, fuse,
                                      slices, free_fractions)
         if fuse is not None or slices != 64 or free_fractions:
-            raise MdiffError("--fuse and --slices are for 2D models (multi-plane denoising); "
-                             "this checkpoint is a 3D model")
+            raise MdiffError("--fuse, --slices and --free-fractions are for 2D models "
+                             "(multi-plane denoising); this checkpoint is a 3D model")
         if not 0 <= overlap < 1:
             raise MdiffError(f"--overlap must be in [0, 1), got {overlap}")
         if int(windows) < 1:
@@ -317,8 +313,7 @@ class Generator:
         x̂_0 is held to the training images' phase fractions (``multiplane.match_fractions``;
         the fused planes otherwise lose the minority phases) unless ``free_fractions``."""
         self.check_2d(fractions, guidance, fractions_along)
-        sampler, steps, eta, fuse = self.defaults(sampler, None if sampler == "ddpm" else steps,
-                                                  eta, fuse)
+        sampler, steps, eta = self.defaults(sampler, None if sampler == "ddpm" else steps, eta)
         if fractions_along is not None:
             if fractions is not None:
                 raise MdiffError("give --fractions or --fractions-along, not both")
@@ -431,7 +426,7 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=
                          "run; choose another folder, or --overwrite to replace that set")
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
-    sampler, steps, eta, fuse = gen.defaults(sampler, steps, eta, fuse)
+    sampler, steps, eta = gen.defaults(sampler, steps, eta)
     gen.check_2d(fractions, guidance, fractions_along)
     plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch, fuse,
                     slices, free_fractions)
@@ -464,7 +459,8 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=
     how = (f"{plan['windows']} windows of {plan['window']}^3 a step (overlap {overlap:g})"
            if plan["tiling"] == "windows" else "the whole volume at once")
     if plan["tiling"] == "planes":
-        turn = "the three axes fused" if fuse == "mean" else "one axis a step, in turn"
+        turn = {"cycle": "one axis a step, in turn", "mean": "the three axes fused",
+                "geo": "the three axes' probabilities multiplied"}[plan["fuse"]]
         how = f"a 2D model, multi-plane denoising ({turn}, {plan['slices']} slices a call)"
     log(f"mdiff-sample: {n} volume(s) of {'x'.join(map(str, plan['shape']))} with {sampler}"
         f"{f' ({steps} steps)' if sampler != 'ddpm' else ''} on {gen.device}, "

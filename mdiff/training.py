@@ -30,7 +30,7 @@ from .data import PLANES, CubeDataset, ImageDataset, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
 from .io import check_image, check_volume, read_labels
-from .phases import PhaseMap, label_counts
+from .phases import PhaseMap, check_labels, label_counts
 from .unet import UNet
 
 CHECKPOINT = "checkpoint.pt"
@@ -64,13 +64,14 @@ def load_volumes(paths, phases=None, example=False, planes=None):
     (None for the others)."""
     if example:
         volume = synth.generate()
-        return [volume], PhaseMap.from_volume(volume, phases, "example"), {
-            "voxel_size": None, "unit": None}, ["built-in example"], [None]
+        counts = label_counts(volume)
+        return [volume], PhaseMap(check_labels(counts, phases, "example")), {
+            "voxel_size": None, "unit": None, "label_counts": counts}, ["built-in example"], [None]
     named = [(p, None) for p in paths] + [(p, plane) for plane in PLANES
                                           for p in (planes or {}).get(plane, [])]
     if not named:
         raise MdiffError("no training data: give one or more volumes or images, or --example")
-    arrays, metas, maps, names = [], [], [], []
+    arrays, metas, maps, names, totals = [], [], [], [], {}
     for k, (path, plane) in enumerate(named):
         if isinstance(path, np.ndarray):  # an array handed over by a pipeline
             array = (check_image(path, f"array {k}") if path.ndim == 2
@@ -82,7 +83,10 @@ def load_volumes(paths, phases=None, example=False, planes=None):
         if plane is not None and array.ndim != 2:
             raise MdiffError(f"{name}: --{plane} takes 2D images; this is a volume of shape "
                              f"{array.shape}")
-        maps.append(PhaseMap.from_volume(array.reshape(-1, *array.shape[-2:]), phases, name))
+        counts = label_counts(array.reshape(-1, *array.shape[-2:]))  # the one pass over it
+        maps.append(PhaseMap(check_labels(counts, phases, name)))
+        for label, count in counts.items():
+            totals[label] = totals.get(label, 0) + count
         arrays.append(array)
         metas.append(meta)
         names.append(name if plane is None else f"{name} ({plane})")
@@ -91,7 +95,7 @@ def load_volumes(paths, phases=None, example=False, planes=None):
             raise MdiffError(f"{name}: labels {list(pm.labels)} differ from {names[0]}'s "
                              f"{list(maps[0].labels)}; all training data need the same phases")
     tags = [None if plane is None else PLANES.index(plane) for _, plane in named]
-    return arrays, maps[0], metas[0], names, tags
+    return arrays, maps[0], {**metas[0], "label_counts": totals}, names, tags
 
 
 def image_data(arrays, tags, planes, log):
@@ -316,10 +320,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     saved = [None if state is None else state["step"]]  # the step the checkpoint holds
     recorded = {}
     if ucfg.dims == 2:  # the composition multi-plane sampling holds its volumes to
-        counts = np.zeros(phase_map.n)
-        for array in arrays:
-            for label, count in label_counts(array.reshape(-1, *array.shape[-2:])).items():
-                counts[phase_map.labels.index(label)] += count
+        counts = np.array([meta["label_counts"][label] for label in phase_map.labels], float)
         recorded["image_fractions"] = torch.tensor(counts / counts.sum(), dtype=torch.float32)
     if ucfg.condition != "none":  # what sampling draws each volume's descriptors from
         recorded["descriptors"] = {"kind": ucfg.condition, "values": torch.from_numpy(

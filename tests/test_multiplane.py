@@ -74,6 +74,7 @@ def test_png_slices_and_grey_rgb_images_read_as_labels(volume, tmp_path):
     for k in range(5):
         Image.fromarray(volume[k]).save(folder / f"z{k:02d}.png")
     assert np.array_equal(read_volume(folder), volume[:5])
+    assert mdiff.io.volume_shape(folder) == (5, *volume.shape[1:])  # from the headers
     rgb = np.repeat(volume[3][:, :, None], 3, axis=2)
     Image.fromarray(rgb).save(tmp_path / "grey_as_rgb.png")
     assert np.array_equal(read_image(tmp_path / "grey_as_rgb.png"), volume[3])
@@ -104,6 +105,10 @@ def test_bad_2d_input_is_one_line_and_exit_2(volume, tmp_path, capsys):
     for name in ("mixed", "empty"):  # a folder is a volume everywhere
         assert metrics_main([str(tmp_path / name)]) == 2
         assert cases[name] in capsys.readouterr().err
+    write_volume(tmp_path / "real.tif", volume)
+    assert evaluate_main([str(tmp_path / "real.tif"), str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err  # planned from the slices' headers, refused before any work
+    assert cases["mixed"] in err and err.count("\n") == 1
 
 
 def test_png_without_pillow_names_the_extra(monkeypatch, tmp_path):
