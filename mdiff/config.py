@@ -31,6 +31,11 @@ class UNetConfig:
     condition: str = _f("none", "per-cube descriptors the model is conditioned on: none, or "
                                 "fractions (each phase's volume fraction; sampling draws them "
                                 "from the training cubes or takes --fractions)")
+    mean_input: bool = _f(False, "feed each phase channel's mean over the cube of x_t to the "
+                                 "time embedding: the cube's composition, a faint offset at "
+                                 "high noise that normalisation and local convolutions hardly "
+                                 "see (volumes larger than the training cube then need "
+                                 "--tiling windows)")
 
 
 OBJECTIVES = ("x0", "eps", "v")

@@ -172,6 +172,12 @@ class Generator:
             raise MdiffError("--windows must be at least 1")
         if max(shape) <= self.patch and not periodic:
             tiling = "whole"
+        if self.unet_config.mean_input and max(shape) > self.patch:
+            if tiling == "whole":
+                raise MdiffError(f"this model reads each cube's mean composition (mean_input), "
+                                 f"learned on cubes of {self.patch}: a larger volume needs "
+                                 f"--tiling windows (or auto)")
+            tiling = "windows"
         if tiling == "auto":
             need = self.memory_needed(int(batch or 1), {"shape": shape, "tiling": "whole"})
             free = free_memory(self.device)

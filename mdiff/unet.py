@@ -50,6 +50,19 @@ def conv(cin, cout, kernel=3, stride=1, periodic=False, dims=3):
                        padding_mode="circular" if periodic and kernel > 1 else "zeros")
 
 
+MEAN_SCALES = (1.0, 4.0, 16.0, 64.0, 256.0)
+
+
+def mean_features(x):
+    """(N, C, *spatial) → (N, C·(len(MEAN_SCALES) + 1)): each channel's mean m over the
+    spatial axes, and tanh(m·√V / s) for the scales s, V the voxel count. Under pure noise
+    m·√V ~ N(0, 1), at low noise m is the cube's composition (in [−1, 1]): every scale in
+    between is resolved by one of the features and none is unbounded."""
+    m = x.float().flatten(2).mean(2)
+    z = m * math.sqrt(x[0, 0].numel())
+    return torch.cat([torch.tanh(z / s) for s in MEAN_SCALES] + [m], dim=1)
+
+
 def zero(module):
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -157,6 +170,11 @@ class UNet(nn.Module):
             # output: training starts from the unconditional model
             self.cond_embed = nn.Sequential(nn.Linear(cfg.phases * ch + 1, emb_dim), nn.SiLU(),
                                             zero(nn.Linear(emb_dim, emb_dim)))
+        self.mean_embed = None
+        if cfg.mean_input:  # zero-initialised too: training starts from the plain model
+            self.mean_embed = nn.Sequential(
+                nn.Linear(cfg.phases * (len(MEAN_SCALES) + 1), emb_dim), nn.SiLU(),
+                zero(nn.Linear(emb_dim, emb_dim)))
         self.self_condition = self_condition
         self.planes = None
         if cfg.planes > 1:  # an anisotropic 2D model: which plane (xy, xz, yz) it denoises
@@ -249,6 +267,8 @@ class UNet(nn.Module):
             values, flag = cond[:, :-1], cond[:, -1:]
             feats = timestep_embedding(values.reshape(-1) * 1000, ch).reshape(len(x), -1)
             emb = emb + self.cond_embed(torch.cat([feats * flag, flag], dim=1))
+        if self.mean_embed is not None:
+            emb = emb + self.mean_embed(mean_features(x))
         if self.self_condition:
             x = torch.cat([x, torch.zeros_like(x) if x_self is None else x_self.to(x.dtype)], 1)
         h = self.input(x)

@@ -174,3 +174,20 @@ def test_graded_sampling_conditions_each_window_on_its_place(conditioned, tmp_pa
                         "--steps", "2", "--fractions-along", "x", "0:1,1,1", "1:1,1,4"]) == 0
     info = json.loads((tmp_path / "g" / "samples.json").read_text())["condition"]
     assert info["graded"]["axis"] == "x" and info["per_volume"] is None
+
+
+def test_a_mean_input_model_samples_cubes_and_larger_volumes_in_windows(volume, tmp_path,
+                                                                         capsys):
+    ckpt = mdiff.train([volume], preset="tiny", out=tmp_path / "mean",
+                       unet={"mean_input": True}, train={"steps": 2}, **QUIET)
+    gen = mdiff.load(ckpt, device="cpu")
+    assert gen.model.mean_embed is not None
+    assert gen.sample(2, steps=2, seed=1).shape == (2, 16, 16, 16)
+    assert gen.plan(16)["tiling"] == "whole"
+    assert gen.plan(16, periodic=True)["tiling"] == "whole"
+    assert gen.plan(32)["tiling"] == "windows"  # the cube mean it learned is a window's
+    assert gen.sample(1, size=(16, 32, 16), steps=2, seed=1).shape == (1, 16, 32, 16)
+    assert sample_main([str(ckpt), str(tmp_path / "o"), "--size", "32", "--tiling",
+                        "whole"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tiling windows" in err

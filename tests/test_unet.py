@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from mdiff.config import PRESETS, UNetConfig
-from mdiff.unet import UNet
+from mdiff.unet import MEAN_SCALES, UNet, mean_features
 
 TINY = PRESETS["tiny"].unet
 
@@ -73,3 +75,36 @@ def test_bf16_autocast_on_cuda():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(x, torch.tensor([1, 2], device="cuda"))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_mean_features_reference():
+    """Each channel's mean m over the spatial axes and tanh(m·√V/s), on a non-contiguous view
+    of odd sides, against a float64 reference."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 6, 10, 7)[..., ::2, :]
+    assert not x.is_contiguous()
+    m = x.double().flatten(2).mean(2)
+    z = m * math.sqrt(6 * 5 * 7)
+    want = torch.cat([torch.tanh(z / s) for s in MEAN_SCALES] + [m], 1)
+    feats = mean_features(x)
+    assert feats.shape == (3, 2 * (len(MEAN_SCALES) + 1))
+    assert torch.allclose(feats.double(), want, atol=1e-6)
+
+
+def test_mean_input_starts_as_the_plain_model_and_reads_the_cube_mean():
+    torch.manual_seed(0)
+    plain = UNet(TINY, 16).eval()
+    for p in plain.parameters():  # a trained-like model: no zero-initialised layers
+        torch.nn.init.normal_(p, std=0.1)
+    torch.manual_seed(0)
+    with_mean = UNet(UNetConfig(**{**TINY.__dict__, "mean_input": True}), 16).eval()
+    with_mean.load_state_dict(plain.state_dict(), strict=False)
+    x, t = torch.randn(2, 3, 16, 16, 16), torch.tensor([990, 10])
+    with torch.no_grad():
+        assert torch.equal(plain(x, t), with_mean(x, t))  # zero-initialised: no change yet
+        torch.nn.init.normal_(with_mean.mean_embed[-1].weight)
+        assert not torch.allclose(plain(x, t), with_mean(x, t), atol=1e-4)
+    # and it learns: the loss reaches the mean embedding's weights
+    with_mean.train()
+    with_mean(x, t).square().mean().backward()
+    assert with_mean.mean_embed[0].weight.grad.abs().sum() > 0
