@@ -41,6 +41,9 @@ SAMPLING_DEFAULTS = {
 TILINGS = ("auto", "whole", "windows")
 
 
+GOLDEN = (math.sqrt(5) - 1) / 2  # the step of the low-discrepancy draws of conditions
+
+
 class Generator:
     """A trained model ready to sample: built from a checkpoint dict alone."""
 
@@ -106,9 +109,15 @@ class Generator:
             except ValueError as exc:
                 raise MdiffError(f"--fractions: {exc}") from None
             return descriptors.condition(torch.tensor([target] * n))
-        picks = [int(torch.randint(len(self.recorded), (1,), generator=torch.Generator()
-                                   .manual_seed(seed * 1_000_003 + first + i + 7)))
-                 for i in range(n)]
+        # a golden-ratio sequence over the training cubes ranked by their first phase's
+        # fraction, started at a point drawn from the seed: volume i's draw depends on (seed,
+        # i) alone, and any n consecutive volumes cover that fraction's quantiles evenly
+        # (independent draws left 32 volumes of a coarse structure 0.08 above the training
+        # cubes' mean pore fraction)
+        ranked = torch.argsort(self.recorded[:, 0], stable=True)
+        start = torch.rand((), generator=torch.Generator().manual_seed(seed + 7)).item()
+        quantiles = [(start + (first + i) * GOLDEN) % 1.0 for i in range(n)]
+        picks = ranked[[min(int(q * len(ranked)), len(ranked) - 1) for q in quantiles]]
         return descriptors.condition(self.recorded[picks])
 
     def guided(self, cond, guidance=1.0):

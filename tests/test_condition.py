@@ -58,6 +58,23 @@ def test_the_checkpoint_records_the_training_distribution(conditioned, volume):
     assert values[0] == pytest.approx([(vol[:16, :16, :16] == v).mean() for v in (0, 127, 255)])
 
 
+def test_drawn_conditions_depend_on_seed_and_index_and_cover_the_quantiles(conditioned):
+    gen = mdiff.load(conditioned, device="cpu")
+    gen.recorded = torch.from_numpy(np.random.default_rng(0).dirichlet((4, 3, 2), 500)).float()
+    every = gen.conditions(40, seed=5)
+    assert torch.equal(gen.conditions(7, seed=5, first=11), every[11:18])
+    assert not torch.equal(gen.conditions(40, seed=6), every)
+    assert torch.all(every[:, -1] == 1)  # "given" flag
+    # any 20 consecutive draws: their first fractions' ranks among the training cubes within
+    # 1.5/20 of evenly spread (a golden-ratio sequence's gaps are at most ~1.6/n; independent
+    # draws miss by 0.2-0.3, the Kolmogorov distance of 20 uniforms)
+    train = np.sort(gen.recorded[:, 0].numpy())
+    for first in (0, 13):
+        drawn = gen.conditions(20, seed=5, first=first)[:, 0].numpy()
+        ranks = np.searchsorted(train, drawn) / len(train)
+        assert np.abs(np.sort(ranks) - (np.arange(20) + 0.5) / 20).max() < 1.5 / 20
+
+
 def test_conditioned_model_changes_its_output_with_the_condition(conditioned):
     gen = mdiff.load(conditioned, device="cpu")
     # the output layer of the condition embedding starts at zero: after training it is not
