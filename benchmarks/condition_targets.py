@@ -8,7 +8,10 @@ For the 10th, 50th and 90th percentiles of the first phase's fraction over the t
 --count volumes at the target with each --guidance, and report the mean absolute error of
 their fractions against the target and the verdicts (``mdiff.evaluate.judge``) of their
 figures against the held-out real cubes whose first-phase fraction lies within ±0.03 of the
-target. Writes benchmarks/results/condition_targets_<name>.json and prints a table.
+target. ``--beyond D`` adds targets D below the least and above the largest first-phase
+fraction of the training cubes (extrapolation); ``--size 128`` makes larger volumes (by
+windows), judged on their fractions alone. Writes
+benchmarks/results/condition_targets_<name>.json and prints a table.
 """
 import argparse
 import json
@@ -34,6 +37,13 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     ap.add_argument("--percentiles", type=float, nargs="+", default=[10, 50, 90])
+    ap.add_argument("--beyond", type=float, nargs="*", default=[],
+                    help="also targets this far below the training cubes' least first-phase "
+                         "fraction and above their largest (extrapolation), the other phases "
+                         "in the proportions of the extreme cubes")
+    ap.add_argument("--size", type=int, help="side of the generated volumes (default the "
+                    "training cube's; larger ones are made by windows and judged on their "
+                    "fractions alone)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--name")
     ap.add_argument("--results", default=str(HERE / "results"))
@@ -51,22 +61,33 @@ def main(argv=None):
     real = evaluate.describe_cubes(held, pm, s2_max)
     real_phi0 = np.array([e["phases"][0]["volume_fraction"] for e in real])
     train = gen.recorded.numpy()
-    rows = []
+    targets = []
     for q in args.percentiles:
         centre = float(np.percentile(train[:, 0], q))
         near = train[np.abs(train[:, 0] - centre) <= 0.02]
-        target = tuple(float(v) for v in near.mean(axis=0))
+        targets.append((q, tuple(float(v) for v in near.mean(axis=0))))
+    for delta in args.beyond:
+        for q, sign in ((0, -1), (100, 1)):
+            edge = float(np.percentile(train[:, 0], q))
+            rest = train[np.abs(train[:, 0] - edge) <= 0.02][:, 1:].mean(axis=0)
+            first = min(max(edge + sign * delta, 0.0), 1.0)
+            targets.append((f"{'min' if sign < 0 else 'max'}{sign * delta:+g}",
+                            (first, *(float(v) for v in rest / rest.sum() * (1 - first)))))
+    rows = []
+    for q, target in targets:
         similar = [e for e, p in zip(real, real_phi0) if abs(p - target[0]) <= 0.03]
         for w in args.guidance:
             start = time.perf_counter()
-            vols = gen.sample(args.count, seed=0, fractions=target, guidance=w)
+            vols = gen.sample(args.count, size=args.size, seed=0, fractions=target,
+                              guidance=w)
             seconds = time.perf_counter() - start
             got = np.array([[np.mean(v == label) for label in pm.labels] for v in vols])
             row = {"percentile": q, "target": target, "guidance": w, "seconds": seconds,
                    "fractions_mae": float(np.abs(got - target).mean()),
+                   "volume_mae": np.abs(got - target).mean(axis=1).tolist(),
                    "fractions_mean": got.mean(axis=0).tolist(),
                    "real_cubes_near_target": len(similar)}
-            if len(similar) >= evaluate.MIN_REAL_CUBES:
+            if len(similar) >= evaluate.MIN_REAL_CUBES and vols.shape[1:] == (size,) * 3:
                 result = evaluate.judge(similar, {"generated": evaluate.describe_cubes(
                     list(vols), pm, s2_max)}, permutations=200)
                 row["verdicts"] = [{k: v[k] for k in ("phase", "figure", "d", "spread_ratio",
@@ -74,7 +95,8 @@ def main(argv=None):
                                    for v in result["verdicts"]]
                 row["as_real"] = f"{result['as_real']} of {result['figures']}"
             rows.append(row)
-            print(f"p{q:g} target {', '.join(f'{v:.3f}' for v in target)} w {w:g}: "
+            label = q if isinstance(q, str) else f"p{q:g}"
+            print(f"{label} target {', '.join(f'{v:.3f}' for v in target)} w {w:g}: "
                   f"fraction MAE {row['fractions_mae']:.4f}, mean "
                   f"{', '.join(f'{v:.3f}' for v in row['fractions_mean'])}; "
                   f"{row.get('as_real', 'too few real cubes')} as real against "
@@ -82,7 +104,8 @@ def main(argv=None):
     name = args.name or Path(args.volume).stem
     info = {"command": "python benchmarks/condition_targets.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),
-            "checkpoint_step": gen.step, "cube": size, "rows": rows}
+            "checkpoint_step": gen.step, "cube": size, "size": args.size or size,
+            "rows": rows}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"condition_targets_{name}.json").write_text(json.dumps(info, indent=1) + "\n")
