@@ -209,6 +209,23 @@ class Generator:
                      what=f"sampling {'x'.join(map(str, shape))} voxels")
         return plan
 
+    def tiling_for(self, size, tiling="auto", fractions=None, fractions_along=None):
+        """The tiling a request needs before memory has its say: a graded target conditions
+        each window on its place, and a conditioned model without a target draws each
+        window's composition (``_drawn_windows``) in a volume larger than the training cube,
+        so both go by windows under "auto"."""
+        if fractions_along is not None:
+            if fractions is not None:
+                raise MdiffError("give --fractions or --fractions-along, not both")
+            if tiling == "whole":
+                raise MdiffError("--fractions-along conditions each window on its place: use "
+                                 "--tiling windows (or auto)")
+            return "windows"
+        if (self.condition != "none" and fractions is None and tiling == "auto"
+                and self.dims == 3 and max(self.shape(size)) > self.patch):
+            return "windows"
+        return tiling
+
     def check_2d(self, fractions=None, guidance=1.0, fractions_along=None):
         """MdiffError for a request a 2D model cannot serve (it has no condition)."""
         if self.dims == 2 and (fractions is not None or fractions_along is not None
@@ -276,6 +293,31 @@ class Generator:
             out.append(descriptors.condition(torch.tensor(rows)))
         return out
 
+    def _drawn_windows(self, plan, seed, volumes):
+        """Per network call of a step over windows, the conditions of its windows (window-
+        major, then ``volumes`` — their indices — in order): every window of a volume its own
+        draw from the training cubes, so that a volume larger than the training cube varies
+        in composition from place to place as the material does at the cube's scale instead
+        of taking one cube's composition throughout. Volume i's windows take draws i·W, ...,
+        i·W + W − 1 of ``conditions`` (W windows), which cover the training cubes' quantiles
+        evenly, in an order shuffled by (seed, i)."""
+        tiling = Tiling(plan["shape"], plan["window"], plan["overlap"], plan["periodic"],
+                        self.model.factor)
+        count = len(tiling)
+        draws = {}
+        for i in volumes:
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(
+                seed * 1_000_003 + i + 11))
+            draws[i] = self.conditions(count, seed, first=i * count)[order]
+        out, w = [], 0
+        for group in tiling.batches(plan["windows_per_call"]):
+            rows = []
+            for _ in group:
+                rows += [draws[i][w] for i in volumes]
+                w += 1
+            out.append(torch.stack(rows))
+        return out
+
     def denoiser(self, process, plan, on_windows=None, model_fn=None):
         """The denoiser of ``plan`` over ``model_fn`` (default: the plain model);
         ``on_windows(k, K)`` after each network call of a step over windows."""
@@ -316,7 +358,9 @@ class Generator:
         every network call over windows: ``done`` then counts fractions of a step).
         A model trained with ``condition="fractions"`` generates at the target ``fractions``
         (one per phase, label order; normalised) or, without one, each volume at fractions
-        drawn from its training cubes; ``guidance`` is the classifier-free guidance scale
+        drawn from its training cubes (a volume larger than the training cube: each window
+        its own draw, so it goes by windows; with ``tiling="whole"`` the unconditional model);
+        ``guidance`` is the classifier-free guidance scale
         (1: the conditional model alone, one network call a step; else two).
         ``fractions_along`` = (axis, [(position, fractions), ...]) (``descriptors.
         parse_profile``) grades the target along an axis: each window is conditioned on the
@@ -329,13 +373,8 @@ class Generator:
         the fused planes otherwise lose the minority phases) unless ``free_fractions``."""
         self.check_2d(fractions, guidance, fractions_along)
         sampler, steps, eta = self.defaults(sampler, None if sampler == "ddpm" else steps, eta)
-        if fractions_along is not None:
-            if fractions is not None:
-                raise MdiffError("give --fractions or --fractions-along, not both")
-            if tiling == "whole":
-                raise MdiffError("--fractions-along conditions each window on its place: use "
-                                 "--tiling windows (or auto)")
-            tiling = "windows"
+        tiling = self.tiling_for(size, tiling, fractions, fractions_along)
+        drawn = self.condition != "none" and fractions is None and fractions_along is None
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch, fuse, slices,
                          free_fractions)
         if fractions_along is not None and plan["tiling"] != "windows":
@@ -369,6 +408,11 @@ class Generator:
             report, on_windows = (report, on_windows) if progress else (None, None)
             if fractions_along is not None:
                 cond = self._graded(plan, fractions_along, len(gens))
+            elif drawn and plan["tiling"] == "windows":
+                cond = self._drawn_windows(plan, seed, range(first + start,
+                                                             first + start + len(gens)))
+            elif drawn and max(plan["shape"]) > self.patch:
+                cond = None  # --tiling whole: the unconditional model (trained with dropout)
             else:
                 cond = None if conds is None else conds[start:start + len(gens)]
             model_fn = self.guided(cond, guidance)
@@ -385,7 +429,11 @@ class Generator:
             del x, denoise
         self.seed = seed
         self.last_plan = plan
+        self.last_draw = (None if not drawn else "per window" if plan["tiling"] == "windows"
+                          else "unconditional" if max(plan["shape"]) > self.patch
+                          else "per volume")
         self.last_conditions = (None if conds is None or fractions_along is not None
+                                or (drawn and max(plan["shape"]) > self.patch)
                                 else conds[:, :-1].tolist())
         return np.concatenate(out)
 
@@ -443,8 +491,8 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=
     gen = load(ckpt, device, use_ema, precision)
     sampler, steps, eta = gen.defaults(sampler, steps, eta)
     gen.check_2d(fractions, guidance, fractions_along)
-    plan = gen.plan(size, tiling, overlap, periodic, windows, max(len(share), 1), batch, fuse,
-                    slices, free_fractions)
+    plan = gen.plan(size, gen.tiling_for(size, tiling, fractions, fractions_along), overlap,
+                    periodic, windows, max(len(share), 1), batch, fuse, slices, free_fractions)
     gen.conditions(1, 0, fractions=fractions)  # a bad target is one line before any work
     if fractions_along is not None:  # the command line's AXIS POS:F0,F1,... POS:...
         try:
@@ -518,7 +566,8 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=
                 "graded": None if fractions_along is None else {
                     "axis": fractions_along[0],
                     "points": [[p, list(v)] for p, v in fractions_along[1]]},
-                "guidance": guidance, "per_volume": getattr(gen, "last_conditions", None)},
+                "guidance": guidance, "drawn": getattr(gen, "last_draw", None),
+                "per_volume": getattr(gen, "last_conditions", None)},
             "seconds": time.perf_counter() - started,
             "files": [p.name for p in paths]}
     with atomic_path(partial / "samples.json") as tmp:

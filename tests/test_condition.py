@@ -106,6 +106,33 @@ def test_conditioned_sampling_in_windows_and_periodic(conditioned):
         assert vol.shape == (1, 32, 32, 32)
 
 
+def test_a_larger_volume_without_target_draws_each_window(conditioned, tmp_path):
+    gen = mdiff.load(conditioned, device="cpu")
+    gen.recorded = torch.from_numpy(np.random.default_rng(1).dirichlet((4, 3, 2), 300)).float()
+    plan = gen.plan(32, "windows")
+    calls = gen._drawn_windows(plan, seed=4, volumes=[2, 3])
+    rows = torch.cat(calls)  # window-major: window w of volume 2, of volume 3, window w + 1...
+    count = plan["windows"]
+    assert rows.shape == (2 * count, 4)
+    for j, i in enumerate((2, 3)):  # volume i's windows: draws i*W .. i*W + W - 1, shuffled
+        mine = rows[j::2]
+        want = gen.conditions(count, seed=4, first=i * count)
+        assert torch.equal(mine[torch.argsort(mine[:, 0], stable=True)],
+                           want[torch.argsort(want[:, 0], stable=True)])
+        assert not torch.equal(mine, want)
+    both = gen.sample(2, size=32, steps=2, seed=4)
+    assert gen.last_plan["tiling"] == "windows" and gen.last_draw == "per window"
+    assert np.array_equal(gen.sample(1, size=32, steps=2, seed=4, first=1)[0], both[1])
+    gen.sample(1, size=32, steps=2, seed=4, tiling="whole")
+    assert gen.last_draw == "unconditional"
+    gen.sample(1, steps=2, seed=4)
+    assert gen.last_draw == "per volume"
+    assert sample_main([str(conditioned), str(tmp_path / "o"), "-n", "1", "--size", "32",
+                        "--steps", "2"]) == 0
+    info = json.loads((tmp_path / "o" / "samples.json").read_text())
+    assert info["tiling"] == "windows" and info["condition"]["drawn"] == "per window"
+
+
 def test_guidance_one_is_one_network_call_and_mixes_otherwise(conditioned):
     gen = mdiff.load(conditioned, device="cpu")
     cond = descriptors.condition(torch.tensor([[0.6, 0.2, 0.2]]))
