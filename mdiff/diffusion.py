@@ -177,7 +177,8 @@ class GaussianDiffusion:
 
         With self-conditioning, half the samples get the model's own x̂_0 (no gradient) as the
         extra input and the others zeros, so it learns both the first step and the later ones:
-        those whose ``coin`` (N uniforms; drawn here if not given) is below 1/2."""
+        those whose ``coin`` (N uniforms; drawn here if not given) is below 1/2. (The guess
+        is made for the whole batch, so that a model callable with per-sample inputs works.)"""
         x_t = self.q_sample(x_start, t, noise)
         x_self = None
         if self.self_condition:
@@ -186,9 +187,11 @@ class GaussianDiffusion:
                 coin = torch.rand(x_start.shape[0], device=x_start.device)
             use = coin < 0.5
             if bool(use.any()):
+                # the whole batch, then the chosen rows: the model callable may carry
+                # per-sample inputs (conditions, planes) that a sub-batch would not match
                 with torch.no_grad():
-                    guess, _ = self.predict(model, x_t[use], t[use])
-                x_self[use] = guess.to(x_self.dtype)
+                    guess, _ = self.predict(model, x_t, t)
+                x_self[use] = guess[use].to(x_self.dtype)
         out = self.model_output(model, x_t, t, x_self)
         if self.objective == "x0":
             return F.cross_entropy(out, x_start.argmax(1), reduction="none").flatten(1).mean(1)
