@@ -5,8 +5,10 @@
 #
 #   bash benchmarks/evaluate_example.sh nmc_3phase_256 3 192 5      # NAME PHASES Z_CUT LENGTH
 #   bash benchmarks/evaluate_example.sh berea_2phase_200 2 150 5
-#   CONDITION=fractions bash benchmarks/evaluate_example.sh nmc_3phase_256 3 192 5   # + conditioned
+#   UNCONDITIONED=1 bash benchmarks/evaluate_example.sh nmc_3phase_256 3 192 5   # + --condition none
 #
+# The model is a new run's default: conditioned on phase fractions, each generated volume at
+# fractions drawn from the training cubes (README, Composition).
 # About 30 minutes of training on 2 CPU cores, 7 minutes of sampling, 1-4 minutes of judging.
 # Writes runs/example_NAME/ (training, samples) and benchmarks/results/evaluate_NAME/.
 # LENGTH is what mdiff.evaluate.fit_baseline finds on the training region's 32^3 cubes.
@@ -29,17 +31,17 @@ mdiff-synth "$run/gauss.tif" --shape 128 --fractions "$fractions" --length "$len
 mdiff-evaluate "$data" "$run/samples" "$run/gauss.tif" --real-region "$cut": \
     --training "$run/train.tif" --transport --out "benchmarks/results/evaluate_$name"
 
-# With CONDITION=fractions: also a model conditioned on phase fractions (the same training
-# otherwise), its 64 volumes at fractions drawn from the training cubes, judged beside the
-# unconditioned ones: benchmarks/results/condition/evaluate_NAME/.
-if [ "${CONDITION:-}" = fractions ]; then
-  if [ -f "$run/cond/checkpoint.pt" ]; then
-    mdiff-train --resume --out "$run/cond" --steps 1600 --threads 1
+# With UNCONDITIONED=1: also a model trained with --condition none (the same training
+# otherwise; the default before conditioning was), its 64 volumes judged beside the default
+# model's: benchmarks/results/condition/evaluate_NAME/.
+if [ "${UNCONDITIONED:-}" = 1 ]; then
+  if [ -f "$run/plain/checkpoint.pt" ]; then
+    mdiff-train --resume --out "$run/plain" --steps 1600 --threads 1
   else
     mdiff-train "$run/train.tif" --phases "$phases" --preset small --precision bf16 \
-        --steps 1600 --condition fractions --out "$run/cond" --threads 1
+        --steps 1600 --condition none --out "$run/plain" --threads 1
   fi
-  mdiff-sample "$run/cond/checkpoint.pt" "$run/samples_cond" -n 64 --threads 1 --overwrite
-  mdiff-evaluate "$data" "$run/samples_cond" "$run/samples" --real-region "$cut": --transport \
+  mdiff-sample "$run/plain/checkpoint.pt" "$run/samples_plain" -n 64 --threads 1 --overwrite
+  mdiff-evaluate "$data" "$run/samples" "$run/samples_plain" --real-region "$cut": --transport \
       --out "benchmarks/results/condition/evaluate_$name"
 fi

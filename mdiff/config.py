@@ -28,9 +28,11 @@ class UNetConfig:
     planes: int = _f(1, "planes a 2D model tells apart: 1 (isotropic: every plane alike) or 3 "
                         "(anisotropic: xy, xz and yz images each their own, set by --xy/--xz/"
                         "--yz or --dims 2 --no-augment)")
-    condition: str = _f("none", "per-cube descriptors the model is conditioned on: none, or "
-                                "fractions (each phase's volume fraction; sampling draws them "
-                                "from the training cubes or takes --fractions)")
+    condition: str = _f("none", "per-cube descriptors the model is conditioned on: fractions "
+                                "(each phase's volume fraction; sampling draws them from the "
+                                "training cubes, or takes --fractions targets), or none. 3D "
+                                "runs default to fractions (generated sets then vary as the "
+                                "real cubes do; README, Composition), 2D runs to none")
     mean_input: bool = _f(False, "feed each phase channel's mean over the cube of x_t to the "
                                  "time embedding: the cube's composition, a faint offset at "
                                  "high noise that normalisation and local convolutions hardly "
@@ -89,18 +91,18 @@ class Preset:
 
 PRESETS = {
     # the paper's setting: 64³ cubes, T = 1000, a U-Net of 70 M parameters, attention at 16³, 8³
-    "paper": Preset(UNetConfig(), DiffusionConfig(), TrainConfig()),
+    "paper": Preset(UNetConfig(condition="fractions"), DiffusionConfig(), TrainConfig()),
     # for a CPU: 32³ cubes, 1.8 M parameters, ~1 s a step on 2 cores
     "small": Preset(
         UNetConfig(base_channels=16, channel_mult=(1, 2, 4), blocks_per_level=1,
-                   attention_sizes=(8,), heads=4, groups=8),
+                   attention_sizes=(8,), heads=4, groups=8, condition="fractions"),
         DiffusionConfig(),
         TrainConfig(patch=32, stride=8, batch_size=4, lr=3e-4, warmup=100, steps=1500,
                     save_every=250, log_every=25, ema_decay=0.995)),
     # for tests: seconds on a CPU
     "tiny": Preset(
         UNetConfig(base_channels=8, channel_mult=(1, 2), blocks_per_level=1,
-                   attention_sizes=(8,), heads=2, groups=4),
+                   attention_sizes=(8,), heads=2, groups=4, condition="fractions"),
         DiffusionConfig(timesteps=100),
         TrainConfig(patch=16, stride=8, batch_size=2, lr=1e-3, warmup=0, steps=20,
                     save_every=10, log_every=5, ema_decay=0.9)),

@@ -245,6 +245,8 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         tcfg = override(PRESETS[preset].train, {
             **(PRESETS_2D[preset] if ucfg.dims == 2 else {}),
             **{k: v for k, v in (train or {}).items() if v is not None}})
+    if ucfg.dims == 2 and state is None and (unet or {}).get("condition") is None:
+        ucfg = override(ucfg, {"condition": "none"})  # the presets' default is for 3D runs
     if ucfg.dims == 2:
         if state is None and any(tag is not None for tag in tags) and tcfg.augment:
             tcfg = override(tcfg, {"augment": False})

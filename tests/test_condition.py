@@ -7,7 +7,8 @@ import torch
 
 import mdiff
 from mdiff import descriptors, metrics, synth, write_volume
-from mdiff.cli import sample_main
+from mdiff.cli import sample_main, train_main
+from mdiff.config import PRESETS, UNetConfig
 from mdiff.phases import PhaseMap
 
 QUIET = {"log": None}
@@ -172,7 +173,7 @@ def test_bad_fractions_are_one_line(conditioned, tmp_path, capsys, args, expecte
 def test_an_unconditioned_checkpoint_refuses_targets_and_samples_as_before(volume, tmp_path,
                                                                             capsys):
     ckpt = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 2},
-                       **QUIET)
+                       unet={"condition": "none"}, **QUIET)
     state = torch.load(ckpt, weights_only=True)
     assert "descriptors" not in state and state["unet"]["condition"] == "none"
     gen = mdiff.load(ckpt, device="cpu")
@@ -235,3 +236,18 @@ def test_a_mean_input_model_samples_cubes_and_larger_volumes_in_windows(volume, 
                         "whole"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--tiling windows" in err
+
+
+def test_a_new_3d_run_is_conditioned_and_a_2d_run_is_not(volume, tmp_path, capsys):
+    assert all(p.unet.condition == "fractions" for p in PRESETS.values())
+    assert UNetConfig().condition == "none"  # what a checkpoint without the field means
+    ckpt = mdiff.train([volume], preset="tiny", out=tmp_path / "3d", train={"steps": 1},
+                       **QUIET)
+    assert torch.load(ckpt, weights_only=True)["unet"]["condition"] == "fractions"
+    ckpt = mdiff.train([volume], preset="tiny", out=tmp_path / "2d", unet={"dims": 2},
+                       train={"steps": 1}, **QUIET)
+    assert torch.load(ckpt, weights_only=True)["unet"]["condition"] == "none"
+    assert train_main([str(volume), "--preset", "tiny", "--steps", "1", "--out",
+                       str(tmp_path / "2d_cond"), "--dims", "2", "--condition",
+                       "fractions"]) == 2
+    assert "--condition is for 3D models" in capsys.readouterr().err
