@@ -99,8 +99,10 @@ def main(argv=None):
             print(f"{label} target {', '.join(f'{v:.3f}' for v in target)} w {w:g}: "
                   f"fraction MAE {row['fractions_mae']:.4f}, mean "
                   f"{', '.join(f'{v:.3f}' for v in row['fractions_mean'])}; "
-                  f"{row.get('as_real', 'too few real cubes')} as real against "
-                  f"{len(similar)} held-out cubes near it ({seconds:.0f} s)", flush=True)
+                  + (f"{row['as_real']} as real against {len(similar)} held-out cubes near "
+                     f"it" if "as_real" in row else "not judged (larger than the training "
+                     "cube)" if args.size not in (None, size) else f"too few held-out cubes "
+                     f"near it ({len(similar)})") + f" ({seconds:.0f} s)", flush=True)
     name = args.name or Path(args.volume).stem
     info = {"command": "python benchmarks/condition_targets.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),
