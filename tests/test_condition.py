@@ -251,3 +251,25 @@ def test_a_new_3d_run_is_conditioned_and_a_2d_run_is_not(volume, tmp_path, capsy
                        str(tmp_path / "2d_cond"), "--dims", "2", "--condition",
                        "fractions"]) == 2
     assert "--condition is for 3D models" in capsys.readouterr().err
+
+
+def test_default_guidance_is_1_4_for_drawn_compositions_and_1_at_a_target(conditioned,
+                                                                         volume, tmp_path):
+    from mdiff.sampling import DRAWN_GUIDANCE
+    gen = mdiff.load(conditioned, device="cpu")
+    gen.sample(1, steps=2, seed=0)
+    assert gen.last_guidance == DRAWN_GUIDANCE == 1.4
+    gen.sample(1, steps=2, seed=0, fractions=(0.5, 0.3, 0.2))
+    assert gen.last_guidance == 1.0
+    gen.sample(1, size=32, steps=2, seed=0, tiling="whole")  # runs unconditioned
+    assert gen.last_guidance == 1.0
+    gen.sample(1, steps=2, seed=0, guidance=2.0)
+    assert gen.last_guidance == 2.0
+    plain = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 1},
+                        unet={"condition": "none"}, **QUIET)
+    gen = mdiff.load(plain, device="cpu")
+    gen.sample(1, steps=2, seed=0)
+    assert gen.last_guidance == 1.0
+    assert sample_main([str(conditioned), str(tmp_path / "o"), "-n", "1", "--steps", "2"]) == 0
+    assert json.loads((tmp_path / "o" / "samples.json").read_text())["condition"][
+        "guidance"] == 1.4
