@@ -214,6 +214,11 @@ class Generator:
                      what=f"sampling {'x'.join(map(str, shape))} voxels")
         return plan
 
+    def draws(self, fractions=None, fractions_along=None):
+        """True where a request draws its compositions from the training cubes: a
+        conditioned model given no target."""
+        return self.condition != "none" and fractions is None and fractions_along is None
+
     def tiling_for(self, size, tiling="auto", fractions=None, fractions_along=None):
         """The tiling a request needs before memory has its say: a graded target conditions
         each window on its place, and a conditioned model without a target draws each
@@ -226,8 +231,8 @@ class Generator:
                 raise MdiffError("--fractions-along conditions each window on its place: use "
                                  "--tiling windows (or auto)")
             return "windows"
-        if (self.condition != "none" and fractions is None and tiling == "auto"
-                and self.dims == 3 and max(self.shape(size)) > self.patch):
+        if (self.draws(fractions) and tiling == "auto" and self.dims == 3
+                and max(self.shape(size)) > self.patch):
             return "windows"
         return tiling
 
@@ -239,7 +244,7 @@ class Generator:
         model runs unconditioned (``tiling="whole"`` on a volume larger than its cube)."""
         if guidance is not None:
             return float(guidance)
-        drawn = self.condition != "none" and fractions is None and fractions_along is None
+        drawn = self.draws(fractions, fractions_along)
         whole_uncond = tiling == "whole" and max(self.shape(size)) > self.patch
         return DRAWN_GUIDANCE if drawn and not whole_uncond else 1.0
 
@@ -393,9 +398,13 @@ class Generator:
         sampler, steps, eta = self.defaults(sampler, None if sampler == "ddpm" else steps, eta)
         tiling = self.tiling_for(size, tiling, fractions, fractions_along)
         guidance = self.guidance_for(guidance, fractions, fractions_along, tiling, size)
-        drawn = self.condition != "none" and fractions is None and fractions_along is None
+        drawn = self.draws(fractions, fractions_along)
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch, fuse, slices,
                          free_fractions)
+        # how drawn compositions enter: one per volume, one per window, or none (a larger
+        # volume with --tiling whole runs the unconditional model, trained with dropout)
+        draw = (None if not drawn else "per window" if plan["tiling"] == "windows"
+                else "unconditional" if max(plan["shape"]) > self.patch else "per volume")
         if fractions_along is not None and plan["tiling"] != "windows":
             raise MdiffError("--fractions-along needs a volume larger than the training cube")
         if guidance != 1 and self.condition == "none":
@@ -427,11 +436,11 @@ class Generator:
             report, on_windows = (report, on_windows) if progress else (None, None)
             if fractions_along is not None:
                 cond = self._graded(plan, fractions_along, len(gens))
-            elif drawn and plan["tiling"] == "windows":
+            elif draw == "per window":
                 cond = self._drawn_windows(plan, seed, range(first + start,
                                                              first + start + len(gens)))
-            elif drawn and max(plan["shape"]) > self.patch:
-                cond = None  # --tiling whole: the unconditional model (trained with dropout)
+            elif draw == "unconditional":
+                cond = None
             else:
                 cond = None if conds is None else conds[start:start + len(gens)]
             model_fn = self.guided(cond, guidance)
@@ -449,12 +458,10 @@ class Generator:
         self.seed = seed
         self.last_plan = plan
         self.last_guidance = guidance
-        self.last_draw = (None if not drawn else "per window" if plan["tiling"] == "windows"
-                          else "unconditional" if max(plan["shape"]) > self.patch
-                          else "per volume")
-        self.last_conditions = (None if conds is None or fractions_along is not None
-                                or (drawn and max(plan["shape"]) > self.patch)
-                                else conds[:, :-1].tolist())
+        self.last_draw = draw
+        self.last_conditions = (conds[:, :-1].tolist() if conds is not None
+                                and fractions_along is None
+                                and draw in (None, "per volume") else None)
         return np.concatenate(out)
 
 
