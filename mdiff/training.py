@@ -147,16 +147,19 @@ def _stderr(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def busy_warning(prog):
-    """A warning line when the machine already runs other work on all its cores (its 1-minute
-    load at least 90 % of the cores this process may use), else None. Two jobs that each use
-    every core stall each other far beyond 2× (measured: 0.54 → 0.044 steps/s)."""
+def busy_warning(prog, threads=None):
+    """A warning line when this process would use several threads on a machine whose cores
+    are already all busy (its 1-minute load at least 90 % of them), else None. Two jobs that
+    each use every core stall each other far beyond 2× (measured: 0.54 → 0.044 steps/s); a
+    job on one thread (``--threads 1``, or pinned by taskset beside another) is not warned."""
+    threads = torch.get_num_threads() if threads is None else threads
     try:
         load = os.getloadavg()[0]
-        cores = len(os.sched_getaffinity(0))
+        cores = os.cpu_count() or 1
+        threads = min(threads, len(os.sched_getaffinity(0)))
     except (OSError, AttributeError):
         return None
-    if load < 0.9 * cores:
+    if threads <= 1 or load < 0.9 * cores:
         return None
     return (f"{prog}: warning: this machine is busy (load {load:.1f} on {cores} cores); two "
             "jobs that each use every core stall each other far beyond 2x: give each "
@@ -348,8 +351,9 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; batch "
         f"{tcfg.batch_size}" + (f" over {ctx.world} processes" if ctx.world > 1 else "")
         + f"; steps {step} -> {tcfg.steps}; run dir {out}")
-    if device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-train"):
-        log(busy_warning("mdiff-train"))
+    busy = device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-train")
+    if busy:
+        log(busy)
     model.train()
     running = torch.zeros((), device=device)
     window, last_loss = 0, None

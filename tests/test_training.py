@@ -1,5 +1,6 @@
 """Training, checkpoints, resume and sampling on tiny configs (seconds on a CPU)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -238,3 +239,15 @@ def test_cli_objective_flags(data_file, tmp_path, capsys):
                        "--snr-gamma", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use --objective eps or v" in err
+
+
+def test_busy_warning_only_for_a_many_thread_job_on_a_loaded_machine(monkeypatch):
+    from mdiff.training import busy_warning
+    cores = os.cpu_count()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))
+    assert busy_warning("x", threads=1) is None          # one thread (taskset beside another)
+    if cores > 1:
+        assert "busy" in busy_warning("x", threads=2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5 * cores, 0.0, 0.0))
+    assert busy_warning("x", threads=2) is None          # an idle machine
