@@ -12,7 +12,7 @@
 #       berea_2phase_200 2 150 ancestral                 # no flags: the plain model, resampled
 #
 # About 30 minutes of training on one CPU thread (none when no flags are given), 7 minutes of
-# sampling, 2 of judging. The synthetic structure of the README: DATA=runs/example_synth/... . Writes runs/example_NAME/VARIANT/, its samples, and
+# sampling (a sampler of 100 steps: 25), 2 of judging. The synthetic structure of the README: DATA=runs/example_synth/... . Writes runs/example_NAME/VARIANT/, its samples, and
 # benchmarks/results/spread/evaluate_NAME_VARIANT/ and mean_response_NAME_VARIANT.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,8 @@ mdiff-sample "$model/checkpoint.pt" "$run/samples_$variant" -n 64 --threads 1 --
     ${SAMPLE:-}
 mdiff-evaluate "$data" "$run/samples_$variant" "$run/samples_plain" --real-region "$cut": \
     --transport --out "benchmarks/results/spread/evaluate_${name}_$variant"
-python3 benchmarks/mean_response.py "$data" --z-cut "$cut" --threads 1 --name "${name}_$variant" \
-    --results benchmarks/results/spread \
-    --checkpoints "plain=$run/plain/checkpoint.pt" "$variant=$model/checkpoint.pt"
+if [ $# -gt 0 ]; then  # a sampler alone (no flags) leaves the network as it was
+  python3 benchmarks/mean_response.py "$data" --z-cut "$cut" --threads 1 --name "${name}_$variant" \
+      --results benchmarks/results/spread \
+      --checkpoints "plain=$run/plain/checkpoint.pt" "$variant=$model/checkpoint.pt"
+fi
