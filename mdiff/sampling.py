@@ -20,7 +20,7 @@ from .descriptors import profile_at
 from .phases import PhaseMap
 from .samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 from .multiplane import FUSIONS, multiplane_denoiser
-from .tiling import Tiling, tiled_denoiser
+from .tiling import Tiling, bump, tiled_denoiser
 from .training import autocast, busy_warning, resolve_device
 from .unet import UNet
 
@@ -318,26 +318,27 @@ class Generator:
     def _drawn_windows(self, plan, seed, volumes):
         """Per network call of a step over windows, the conditions of its windows (window-
         major, then ``volumes`` — their indices — in order): each window its own draw from the
-        training cubes, and neighbouring windows' draws correlated as real cubes that overlap
-        as much are. A volume is a field of white noise on cells of a quarter of the training
-        cube's side (by (seed, i) alone); a window's value is the noise summed over its voxels
-        and normalised (a standard normal; two windows correlate by the fraction of voxels they
-        share), and picks the training cube at that quantile of the first phase's fraction.
-        So each window's composition follows the training cubes', and a larger volume's whole
-        composition varies between volumes about as a real volume of its size does when the
-        structure is fine beside the cube (real 64³ NMC and Berea cubes vary with sd 0.035
-        and 0.040, as 0.10/√8 and 0.11/√8 would; independent draws for neighbouring windows,
-        or draws from one low-discrepancy block as before, pin a large volume's composition
-        to the training mean: 0.24× the real spread of 64³ cubes)."""
+        training cubes, neighbouring windows' draws correlated as the voxels they share in the
+        fused volume. A volume is a field of white noise on cells of a quarter of the training
+        cube's side (by (seed, i) alone); a window's value is that noise summed over its
+        voxels with its fusion weights (``bump``) and normalised, a standard normal, and picks
+        the training cube at that quantile of the first phase's fraction. So each window's
+        composition follows the training cubes', and a larger volume's whole composition
+        varies between volumes about as a real volume of its size does when cubes that do not
+        overlap are independent (real 64³ NMC and Berea cubes vary with sd 0.035 and 0.040,
+        as 0.10/√8 and 0.11/√8 would). Drawing a volume's windows from one low-discrepancy
+        block, as before, pinned its whole composition to the training mean (0.24× the real
+        spread of 64³ cubes); summing the noise over the windows' voxels unweighted made 8
+        volumes of 64³ vary 1.9× as much as real cubes."""
         tiling = Tiling(plan["shape"], plan["window"], plan["overlap"], plan["periodic"],
                         self.model.factor)
         grain = max(1, self.patch // 4)
-        sums = []  # per axis: (window positions, cells) voxel counts, each row of norm 1
+        sums = []  # per axis: (window positions, cells) fusion weights, each row of norm 1
         for k, length in enumerate(plan["shape"]):
             counts = torch.zeros(len(tiling.starts[k]), math.ceil(length / grain))
             for j, start in enumerate(tiling.starts[k]):
                 voxels = (torch.arange(tiling.sides[k]) + start) % length
-                counts[j].index_add_(0, voxels // grain, torch.ones(len(voxels)))
+                counts[j].index_add_(0, voxels // grain, bump(tiling.sides[k]))
             sums.append(counts / counts.norm(dim=1, keepdim=True))
         ranked = torch.argsort(self.recorded[:, 0], stable=True)
         draws = {}

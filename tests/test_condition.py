@@ -136,8 +136,9 @@ def test_a_larger_volume_without_target_draws_each_window(conditioned, tmp_path)
 def test_drawn_windows_vary_like_cubes_and_whole_volumes_like_larger_cubes(conditioned):
     # each window's first-phase fraction follows the training cubes'; a volume four training
     # cubes long varies in its mean composition about as (1/4)^1.5 of a cube's sd (windows
-    # that do not overlap are independent, neighbours correlate); drawing all of a volume's
-    # windows from one low-discrepancy block (as before) gave 0.2 of that
+    # that do not overlap are independent, neighbours correlate; 0.7 of it here, where the
+    # windows' plain mean stands in for the fused volume's): drawing all of a volume's
+    # windows from one low-discrepancy block (as before) gave 0.15 of it
     gen = mdiff.load(conditioned, device="cpu")
     gen.recorded = torch.from_numpy(np.random.default_rng(1).dirichlet((4, 3, 2), 500)).float()
     plan = gen.plan(64, "windows")
@@ -148,7 +149,7 @@ def test_drawn_windows_vary_like_cubes_and_whole_volumes_like_larger_cubes(condi
     assert rows.mean().item() == pytest.approx(cubes.mean().item(), abs=0.01)
     assert rows.std().item() == pytest.approx(cubes.std().item(), rel=0.1)
     ratio = rows.mean(0).std().item() / (cubes.std().item() * (16 / 64) ** 1.5)
-    assert 0.7 < ratio < 1.6
+    assert 0.5 < ratio < 1.5
     first, far = rows[0], rows[len(rows) - 1]  # corner windows 48 voxels apart
     assert abs(np.corrcoef(first, far)[0, 1]) < 0.3
 
