@@ -238,7 +238,8 @@ def sample_main(argv=None):
                              "conditional model alone, one network call a step; > 1 follows "
                              "the condition harder, at two). Default: 1.4 where each volume's "
                              "composition is drawn from the training cubes (at 1 the set varies "
-                             "too little), 1 at a --fractions target")
+                             "too little), 1 at a --fractions target and where a larger "
+                             "volume draws each window's (at 1.4 the volumes vary too much)")
     _threads_flag(parser)
 
     def body(args):

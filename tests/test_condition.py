@@ -283,6 +283,8 @@ def test_default_guidance_is_1_4_for_drawn_compositions_and_1_at_a_target(condit
     assert gen.last_guidance == 1.0
     gen.sample(1, size=32, steps=2, seed=0, tiling="whole")  # runs unconditioned
     assert gen.last_guidance == 1.0
+    gen.sample(1, size=24, steps=2, seed=0)  # each window draws its own composition
+    assert gen.last_draw == "per window" and gen.last_guidance == 1.0
     gen.sample(1, steps=2, seed=0, guidance=2.0)
     assert gen.last_guidance == 2.0
     plain = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 1},
