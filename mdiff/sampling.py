@@ -119,10 +119,15 @@ class Generator:
         # i) alone, and any n consecutive volumes cover that fraction's quantiles evenly
         # (independent draws left 32 volumes of a coarse structure 0.08 above the training
         # cubes' mean pore fraction)
-        ranked = torch.argsort(self.recorded[:, 0], stable=True)
         start = torch.rand((), generator=torch.Generator().manual_seed(seed + 7)).item()
-        quantiles = [(start + (first + i) * GOLDEN) % 1.0 for i in range(n)]
-        picks = ranked[[min(int(q * len(ranked)), len(ranked) - 1) for q in quantiles]]
+        return self._at_quantiles(torch.tensor([(start + (first + i) * GOLDEN) % 1.0
+                                                for i in range(n)], dtype=torch.float64))
+
+    def _at_quantiles(self, quantiles):
+        """The conditions of the training cubes at ``quantiles`` (in [0, 1]) of the first
+        phase's fraction."""
+        ranked = torch.argsort(self.recorded[:, 0], stable=True)
+        picks = ranked[(quantiles * len(ranked)).long().clamp(0, len(ranked) - 1)]
         return descriptors.condition(self.recorded[picks])
 
     def guided(self, cond, guidance=1.0):
@@ -208,11 +213,16 @@ class Generator:
         plan["batch"] = int(batch or min(int(n), 8 if small else 1))
         if int(n) < 1 or plan["batch"] < 1:
             raise MdiffError("the number of volumes and the batch size must be at least 1")
-        check_memory(self.memory_needed(plan["batch"], plan), self.device,
-                     "give a smaller --size or --batch"
-                     + (", or --tiling windows" if plan["tiling"] == "whole" else ""),
-                     what=f"sampling {'x'.join(map(str, shape))} voxels")
+        self.check_plan_memory(plan)
         return plan
+
+    def check_plan_memory(self, plan, guidance=1.0):
+        """One line (MdiffError) where a 3D ``plan`` would not fit the device's free memory;
+        guidance ≠ 1 runs both branches in one network call, twice the activations."""
+        check_memory(self.memory_needed(plan["batch"], plan, 1 if guidance == 1 else 2),
+                     self.device, "give a smaller --size or --batch"
+                     + (", or --tiling windows" if plan["tiling"] == "whole" else ""),
+                     what=f"sampling {'x'.join(map(str, plan['shape']))} voxels")
 
     def draws(self, fractions=None, fractions_along=None):
         """True where a request draws its compositions from the training cubes: a
@@ -236,20 +246,29 @@ class Generator:
             return "windows"
         return tiling
 
-    def guidance_for(self, guidance=None, fractions=None, fractions_along=None, tiling="auto",
-                     size=None):
+    def drawn_as(self, plan, fractions=None, fractions_along=None):
+        """How a request planned as ``plan`` draws its compositions from the training cubes:
+        None (a target, or an unconditioned model), "per volume" (a volume of the training
+        cube's size made whole), "per window" (by windows: ``_drawn_windows``) or
+        "unconditional" (a larger volume made whole runs the unconditional model, trained
+        with dropout)."""
+        if not self.draws(fractions, fractions_along):
+            return None
+        if plan["tiling"] == "windows":
+            return "per window"
+        return "unconditional" if max(plan["shape"]) > self.patch else "per volume"
+
+    @staticmethod
+    def guidance_for(guidance=None, drawn=None):
         """The guidance scale a request samples with: ``guidance`` if given, else
-        ``DRAWN_GUIDANCE`` for a conditioned model drawing each volume's composition, and 1
+        ``DRAWN_GUIDANCE`` where each volume's composition is drawn (``drawn_as``), and 1
         at a target, for an unconditioned model, where a conditioned model runs
-        unconditioned (``tiling="whole"`` on a volume larger than its cube) and where it
-        draws each window's composition (by windows): there 1.4 made 8 NMC volumes of 64³
-        vary 1.6× as much as real 64³ cubes, 1 made them vary 1.2× (and costs one network
-        call a step instead of two)."""
+        unconditioned, and where it draws each window's composition: there 1.4 made 8 NMC
+        volumes of 64³ vary 1.6× as much as real 64³ cubes, 1 made them vary 1.2× (and costs
+        one network call a step instead of two)."""
         if guidance is not None:
             return float(guidance)
-        per_volume = (self.draws(fractions, fractions_along) and tiling != "windows"
-                      and max(self.shape(size)) <= self.patch)
-        return DRAWN_GUIDANCE if per_volume else 1.0
+        return DRAWN_GUIDANCE if drawn == "per volume" else 1.0
 
     def check_2d(self, fractions=None, guidance=None, fractions_along=None):
         """MdiffError for a request a 2D model cannot serve (it has no condition)."""
@@ -284,10 +303,11 @@ class Generator:
                      what=f"sampling {'x'.join(map(str, shape))} voxels")
         return plan
 
-    def memory_needed(self, n, plan):
+    def memory_needed(self, n, plan, branches=1):
         """Bytes a batch of n volumes needs beyond the model: the samplers' volume-sized
         buffers (x_t, x̂_0, ε̂, the next x_t, noise), the fused x̂_0 and its weights with
-        windows, and the network's activations on what it sees at once."""
+        windows, and the network's activations on what it sees at once (``branches`` times:
+        2 under classifier-free guidance)."""
         voxels = math.prod(plan["shape"])
         c = self.phase_map.n
         if plan["tiling"] == "planes":  # the network sees ``slices`` of the largest slices
@@ -298,7 +318,7 @@ class Generator:
         buffers = n * voxels * c * 4 * (6 if plan["tiling"] == "windows" else 5) + voxels * 4
         seen = (n * min(plan.get("windows_per_call", 1), plan.get("windows", 1))
                 * self.patch ** 3 if plan["tiling"] == "windows" else n * voxels)
-        return buffers + seen * self.model.activation_bytes_per_voxel()
+        return buffers + branches * seen * self.model.activation_bytes_per_voxel()
 
     def _graded(self, plan, profile, volumes):
         """Per network call of a step over windows, the conditions of its windows (window-
@@ -344,15 +364,12 @@ class Generator:
                 voxels = (torch.arange(tiling.sides[k]) + start) % length
                 counts[j].index_add_(0, voxels // grain, bump(tiling.sides[k]))
             sums.append(counts / counts.norm(dim=1, keepdim=True))
-        ranked = torch.argsort(self.recorded[:, 0], stable=True)
         draws = {}
         for i in volumes:
             noise = torch.randn([m.shape[1] for m in sums], generator=torch.Generator()
                                 .manual_seed(seed * 1_000_003 + i + 11))
             z = torch.einsum("ai,bj,ck,ijk->abc", *sums, noise).reshape(-1)  # corners() order
-            quantile = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
-            picks = ranked[(quantile * len(ranked)).long().clamp(max=len(ranked) - 1)]
-            draws[i] = descriptors.condition(self.recorded[picks])
+            draws[i] = self._at_quantiles(0.5 * (1 + torch.erf(z / math.sqrt(2))))
         out, w = [], 0
         for group in tiling.batches(plan["windows_per_call"]):
             rows = []
@@ -419,14 +436,12 @@ class Generator:
         self.check_2d(fractions, guidance, fractions_along)
         sampler, steps, eta = self.defaults(sampler, None if sampler == "ddpm" else steps, eta)
         tiling = self.tiling_for(size, tiling, fractions, fractions_along)
-        guidance = self.guidance_for(guidance, fractions, fractions_along, tiling, size)
-        drawn = self.draws(fractions, fractions_along)
         plan = self.plan(size, tiling, overlap, periodic, windows, n, batch, fuse, slices,
                          free_fractions)
-        # how drawn compositions enter: one per volume, one per window, or none (a larger
-        # volume with --tiling whole runs the unconditional model, trained with dropout)
-        draw = (None if not drawn else "per window" if plan["tiling"] == "windows"
-                else "unconditional" if max(plan["shape"]) > self.patch else "per volume")
+        draw = self.drawn_as(plan, fractions, fractions_along)
+        guidance = self.guidance_for(guidance, draw)
+        if guidance != 1:  # plan() checked one branch
+            self.check_plan_memory(plan, guidance)
         if fractions_along is not None and plan["tiling"] != "windows":
             raise MdiffError("--fractions-along needs a volume larger than the training cube")
         if guidance != 1 and self.condition == "none":
@@ -542,7 +557,9 @@ def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=
     gen.check_2d(fractions, guidance, fractions_along)
     plan = gen.plan(size, gen.tiling_for(size, tiling, fractions, fractions_along), overlap,
                     periodic, windows, max(len(share), 1), batch, fuse, slices, free_fractions)
-    scale = gen.guidance_for(guidance, fractions, fractions_along, plan["tiling"], size)
+    scale = gen.guidance_for(guidance, gen.drawn_as(plan, fractions, fractions_along))
+    if scale != 1:  # plan() checked one branch
+        gen.check_plan_memory(plan, scale)
     gen.conditions(1, 0, fractions=fractions)  # a bad target is one line before any work
     if fractions_along is not None:  # the command line's AXIS POS:F0,F1,... POS:...
         try:

@@ -295,3 +295,18 @@ def test_default_guidance_is_1_4_for_drawn_compositions_and_1_at_a_target(condit
     assert sample_main([str(conditioned), str(tmp_path / "o"), "-n", "1", "--steps", "2"]) == 0
     assert json.loads((tmp_path / "o" / "samples.json").read_text())["condition"][
         "guidance"] == 1.4
+
+
+def test_guidance_counts_both_branches_against_free_memory(conditioned, monkeypatch):
+    # guidance != 1 runs both branches in one network call: the request is refused in one
+    # line where only one branch's activations would fit
+    import mdiff.io
+    from mdiff.errors import MdiffError
+    gen = mdiff.load(conditioned, device="cpu")
+    plan = gen.plan(None, "whole", n=2)
+    one, two = (gen.memory_needed(plan["batch"], plan, b) for b in (1, 2))
+    assert two > one
+    monkeypatch.setattr(mdiff.io, "free_memory", lambda device: (one + two) / 2)
+    gen.sample(2, steps=2, seed=0, guidance=1.0)
+    with pytest.raises(MdiffError, match="needs about"):
+        gen.sample(2, steps=2, seed=0, guidance=2.0)
