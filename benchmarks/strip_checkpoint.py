@@ -8,7 +8,7 @@ import sys
 from mdiff import checkpoint
 
 KEEP = ("unet", "diffusion", "train", "labels", "patch", "voxel_size", "unit", "data",
-        "descriptors", "step", "seed", "loss")
+        "descriptors", "image_fractions", "step", "seed", "loss")
 
 
 def main(argv=None):
