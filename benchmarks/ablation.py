@@ -63,7 +63,7 @@ def _config(variant):
 def measure_cost(steps=15, threads=1):
     """Seconds per training step of each variant (bf16, batch 4 × 32³, one thread)."""
     from mdiff.diffusion import GaussianDiffusion
-    from mdiff.training import autocast
+    from mdiff.runtime import autocast
     from mdiff.unet import UNet
 
     torch.set_num_threads(threads)

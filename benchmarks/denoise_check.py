@@ -74,14 +74,14 @@ def main(argv=None):
             t = torch.full((n,), step, dtype=torch.long)
             noise = torch.randn_like(x0)
             x_t = ddim.q_sample(x0, t, noise)
-            x_start, eps = ddim.predict(gen._model_fn, x_t, t, clip_denoised=False)
+            x_start, eps = ddim.predict(gen.model_fn, x_t, t, clip_denoised=False)
             mse = float((eps - noise).pow(2).mean())
             accuracy = float((x_start.argmax(1) == x0.argmax(1)).float().mean())
-            out = ddim_sample(ddim.denoiser(gen._model_fn), ddim, x0.shape[1:], [None] * n,
+            out = ddim_sample(ddim.denoiser(gen.model_fn), ddim, x0.shape[1:], [None] * n,
                               x_t=x_t, start=step)
             row("noised real", t_full, pm.decode(out), mse, accuracy)
         gens = [torch.Generator().manual_seed(k) for k in range(n)]
-        out = ddim_sample(ddim.denoiser(gen._model_fn), ddim, x0.shape[1:], gens)
+        out = ddim_sample(ddim.denoiser(gen.model_fn), ddim, x0.shape[1:], gens)
         row("pure noise", int(ddim.timestep_map[-1]), pm.decode(out))
     name = args.name or f"{Path(args.volume).stem}_denoise_{gen.diffusion.objective}"
     out_path = Path(args.results) / f"{name}.json"

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 import mdiff
+from mdiff.plan import memory_needed
+from mdiff.request import SampleRequest
 from mdiff import evaluate, metrics
 from mdiff.phases import PhaseMap
 
@@ -53,11 +55,12 @@ def cost(ckpt, size, tiling, steps, threads, precision):
     gen = mdiff.load(ckpt, device="cpu", precision=precision)
     gen.sample(1, size=gen.patch, sampler="dpm++", steps=1, seed=0)  # warm-up
     start = time.perf_counter()
-    gen.sample(1, size=size, sampler="dpm++", steps=steps, seed=0, tiling=tiling)
+    made = gen.generate(SampleRequest(count=1, size=size, sampler="dpm++", steps=steps, seed=0,
+                                      tiling=tiling))
     seconds = (time.perf_counter() - start) / steps
     return {"size": size, "tiling": tiling, "seconds_per_step": seconds,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "estimated_bytes": gen.memory_needed(1, gen.last_plan)}
+            "estimated_bytes": memory_needed(gen.facts, made.plan, 1)}
 
 
 def interface_density(volume, axis):
@@ -239,10 +242,12 @@ def main(argv=None):
     result["tilings"] = {}
     for tiling in args.tilings:
         t0 = time.perf_counter()
-        big = gen.sample(args.count, size=args.size, sampler=args.sampler, steps=args.steps,
-                         seed=1, tiling=tiling)
+        made = gen.generate(SampleRequest(count=args.count, size=args.size,
+                                          sampler=args.sampler, steps=args.steps, seed=1,
+                                          tiling=tiling))
+        big = made.volumes
         seconds = (time.perf_counter() - t0) / args.count
-        plan = {**gen.last_plan, "training_size": patch}
+        plan = {**made.plan.layout(), "shape": list(made.plan.shape), "training_size": patch}
         cubes = [c for v in big for c in evaluate.grid_cubes(v, patch, stride=patch // 2)]
         entry = {"plan": plan, "seconds_per_volume": seconds, "sub_cubes": len(cubes),
                  "d": d_row(evaluate.compare_sets(ref, evaluate.describe_set(cubes, pm,

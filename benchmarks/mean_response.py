@@ -47,7 +47,7 @@ def response(gen, cubes, pm, timesteps, seed=0, batch=8):
             t = torch.full((len(x0),), t_value, dtype=torch.long)
             x_t = gen.diffusion.q_sample(x0, t, noise)
             with torch.no_grad():
-                x_hat, _ = gen.diffusion.denoiser(gen._model_fn)(x_t, t)
+                x_hat, _ = gen.diffusion.denoiser(gen.model_fn)(x_t, t)
             got.append(((x_hat + 1) / 2).flatten(2).mean(2).numpy())
         got = np.concatenate(got)
         slope = [float(np.polyfit(true[:, p], got[:, p], 1)[0]) for p in range(pm.n)]

@@ -18,7 +18,7 @@ import torch
 from mdiff.config import PRESETS
 from mdiff.diffusion import GaussianDiffusion
 from mdiff.samplers import ddim_sample, ddpm_sample
-from mdiff.training import autocast, resolve_device
+from mdiff.runtime import autocast, resolve_device
 from mdiff.unet import UNet
 
 HERE = Path(__file__).resolve().parent

@@ -28,7 +28,7 @@ import torch
 from mdiff import descriptors
 from mdiff.config import PRESETS
 from mdiff.diffusion import GaussianDiffusion
-from mdiff.training import autocast, resolve_device
+from mdiff.runtime import autocast, resolve_device
 from mdiff.unet import UNet
 
 HERE = Path(__file__).resolve().parent

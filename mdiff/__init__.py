@@ -25,4 +25,21 @@ def load(path, device="auto", use_ema=True, precision="fp32"):
     return _load(path, device, use_ema, precision)
 
 
-__all__ = ["__version__", "MdiffError", "read_volume", "write_volume", "train", "load"]
+def __getattr__(name):
+    """``mdiff.SampleRequest`` (and the modules) without importing torch at ``import mdiff``."""
+    if name == "SampleRequest":
+        from .request import SampleRequest
+
+        return SampleRequest
+    import importlib
+
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":  # a module of mdiff that lacks a dependency
+            raise
+        raise AttributeError(f"module 'mdiff' has no attribute {name!r}") from None
+
+
+__all__ = ["__version__", "MdiffError", "read_volume", "write_volume", "train", "load",
+           "SampleRequest"]

@@ -3,6 +3,7 @@
 ``torch.load(path, weights_only=True)`` reads them: loading a checkpoint never runs code from
 the file. Everything needed to rebuild the model and decode samples is inside.
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,3 +62,64 @@ def _looks_like(head):
     if not head:
         return "the file is empty"
     return "not a PyTorch file"
+
+
+# ---------------------------------------------------------------------------------------------
+# The layout: what training writes and what sampling and resuming read, in one place
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What a checkpoint says of its model: enough to rebuild it and to sample from it."""
+
+    unet: object  # UNetConfig
+    diffusion: object  # DiffusionConfig
+    labels: tuple
+    patch: int
+    step: int
+    weights: dict  # the EMA's (or the raw model's) state dict
+    voxel_size: list = None
+    unit: str = None
+    image_fractions: object = None  # (phases,) float tensor: a 2D model's images' composition
+    descriptors: object = None  # (cubes, k) float tensor: the training cubes' descriptors
+    descriptor_kind: str = None
+
+
+def model_record(state, use_ema=True, path=None):
+    """The ModelRecord of a loaded checkpoint dict; MdiffError if a field is missing."""
+    from .config import UNetConfig, diffusion_config, from_dict
+
+    try:
+        recorded = state.get("descriptors")
+        fractions = state.get("image_fractions")
+        return ModelRecord(
+            unet=from_dict(UNetConfig, state["unet"]),
+            diffusion=diffusion_config(state["diffusion"]), labels=tuple(state["labels"]),
+            patch=int(state["patch"]), step=int(state["step"]),
+            weights=state["ema" if use_ema else "model"],
+            voxel_size=state.get("voxel_size"), unit=state.get("unit"),
+            image_fractions=None if fractions is None else fractions.float(),
+            descriptors=None if recorded is None else recorded["values"].float(),
+            descriptor_kind=None if recorded is None else recorded["kind"])
+    except (KeyError, TypeError) as exc:
+        raise MdiffError(f"{path or 'checkpoint'}: not a complete mdiff checkpoint (no "
+                         f"{exc})") from None
+
+
+def training_state(static, recorded, step, seed, loss, world_size, batch_size, model, ema,
+                   optimizer, scaler):
+    """The dict ``mdiff-train`` saves: the run's static record (configs, labels, patch, data),
+    what sampling draws from (``recorded``), and the state that resumes bit for bit."""
+    return {**static, **recorded, "step": step, "seed": seed, "loss": loss,
+            "world_size": world_size, "effective_batch": batch_size,
+            "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+
+
+def restore(state, model, ema, optimizer, scaler):
+    """Load a ``training_state`` into the training objects; returns (step, world size)."""
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["step"]), int(state.get("world_size", 1))

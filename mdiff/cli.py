@@ -170,80 +170,41 @@ def train_main(argv=None):
     return _run("mdiff-train", parser, body, argv)
 
 
+def _request_flags(parser):
+    """One flag per field of ``SampleRequest`` that has one, with its help; sampler choices
+    from the samplers' table."""
+    from .request import cli_fields
+    from .samplers import SAMPLERS
+
+    for f in cli_fields():
+        kw = dict(f.metadata["argparse"])
+        if kw.get("type") == "floats":
+            kw["type"] = _floats
+        if f.name == "sampler":
+            kw["choices"] = tuple(SAMPLERS)
+        flags = f.metadata["flag"]
+        flags = flags if isinstance(flags, tuple) else (flags,)
+        default = 0 if f.name == "seed" else f.default  # a command line run is reproducible
+        parser.add_argument(*flags, dest=f.name, default=default, help=f.metadata["help"], **kw)
+
+
 def sample_main(argv=None):
     parser = _parser("mdiff-sample", "Generate volumes from a checkpoint of mdiff-train. Writes "
                      "OUT_DIR/sample_000.tif, ... with the training labels and samples.json.")
     parser.add_argument("checkpoint", metavar="CKPT.pt")
     parser.add_argument("out_dir", metavar="OUT_DIR")
-    parser.add_argument("-n", "--count", type=int, default=4, help="number of volumes")
-    parser.add_argument("--size", type=int, nargs="+", metavar="S",
-                        help="a cube side, or three sides Z Y X (default: the training cube "
-                             "side, or patch side of a 2D model); any size, in memory bounded "
-                             "by --windows (--slices for a 2D model)")
-    parser.add_argument("--sampler", choices=("dpm++", "ddim", "ddpm"),
-                        help="dpm++: DPM-Solver++(2M) (default of 3D models); ddim (default of "
-                             "2D models, with --eta 1); both take --steps re-spaced steps; "
-                             "ddpm: ancestral, all T steps")
-    parser.add_argument("--steps", type=int,
-                        help="steps of dpm++ (default 30) and ddim (default 50; 100 for a 2D "
-                             "model)")
-    parser.add_argument("--eta", type=float,
-                        help="DDIM noise: 0 deterministic (default of 3D models), 1 as noisy "
-                             "as ancestral sampling (default of 2D models)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed -> same volumes")
-    parser.add_argument("--batch", type=int, help="volumes per forward pass (default min(n, 8))")
+    _request_flags(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--periodic", action="store_true",
-                        help="a volume that tiles space: opposite faces continue each other "
-                             "(for simulations with periodic boundaries)")
-    parser.add_argument("--tiling", choices=("auto", "whole", "windows"), default="auto",
-                        help="volumes larger than the training cube: whole = the network on the "
-                             "whole volume, attention in training-size windows (faster, no "
-                             "seams; memory grows with the volume); windows = overlapping "
-                             "training-size windows fused at every step (memory bounded by "
-                             "--windows); auto = whole where it needs at most half the free "
-                             "memory, else windows")
-    parser.add_argument("--overlap", type=float, default=0.25,
-                        help="fraction of a window shared with its neighbour (--tiling windows)")
-    parser.add_argument("--windows", type=int, default=8,
-                        help="windows per network call (--tiling windows): bounds the memory")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the sample set already in OUT_DIR (as a whole, once the "
                              "new one is complete); without it such a folder is refused")
-    parser.add_argument("--fractions", type=_floats, metavar="F0,F1,...",
-                        help="target volume fraction of each phase, in label order (a model "
-                             "trained with --condition fractions; normalised to sum 1). "
-                             "Without it such a model draws each volume's fractions from its "
-                             "training cubes")
-    parser.add_argument("--fractions-along", nargs="+", metavar="ARG",
-                        help="graded target along an axis: AXIS POS:F0,F1,... POS:F0,F1,... "
-                             "(positions 0 = first voxel to 1 = last; linear in between), e.g. "
-                             "z 0:0.30,0.45,0.25 1:0.45,0.35,0.20; each window is conditioned "
-                             "on the target at its centre")
-    parser.add_argument("--fuse", choices=("cycle", "mean", "geo"),
-                        help="a 2D model: cycle = the slices along one axis a step, z, y, x in "
-                             "turn (default); mean = at every step the x0 estimates of the "
-                             "slices along z, y and x averaged (three times the cost); geo = "
-                             "their phase probabilities' normalised geometric mean")
-    parser.add_argument("--slices", type=int, default=64,
-                        help="a 2D model: 2D slices per network call (bounds the memory)")
-    parser.add_argument("--free-fractions", action="store_true",
-                        help="a 2D model: do not hold the fused estimate to the training "
-                             "images' phase fractions (without that hold the planes' "
-                             "disagreement erodes the minority phases)")
-    parser.add_argument("--guidance", type=float, default=None, metavar="W",
-                        help="classifier-free guidance scale of a conditioned model (1: the "
-                             "conditional model alone, one network call a step; > 1 follows "
-                             "the condition harder, at two). Default: 1.4 where each volume's "
-                             "composition is drawn from the training cubes (at 1 the set varies "
-                             "too little), 1 at a --fractions target and where a larger "
-                             "volume draws each window's (at 1.4 the volumes vary too much)")
     _threads_flag(parser)
 
     def body(args):
-        from .sampling import sample_to_dir
+        from .request import SampleRequest, cli_fields
+        from .sampleset import write_samples
 
         if args.steps is not None and args.steps < 1:
             raise MdiffError("--steps must be at least 1")
@@ -252,13 +213,11 @@ def sample_main(argv=None):
         size = None if args.size is None else (args.size[0] if len(args.size) == 1
                                                else tuple(args.size))
         _set_threads(args.threads)
-        sample_to_dir(args.checkpoint, args.out_dir, args.count, size, args.sampler,
-                      args.steps, args.seed, args.batch, args.eta, args.device, args.precision,
-                      not args.no_ema, tiling=args.tiling, overlap=args.overlap,
-                      periodic=args.periodic, windows=args.windows, overwrite=args.overwrite,
-                      fractions=args.fractions, guidance=args.guidance,
-                      fractions_along=args.fractions_along, fuse=args.fuse,
-                      slices=args.slices, free_fractions=args.free_fractions)
+        request = SampleRequest(**{f.name: getattr(args, f.name) for f in cli_fields()
+                                   if f.name != "size"}, size=size)
+        write_samples(args.checkpoint, args.out_dir, request, device=args.device,
+                      precision=args.precision, use_ema=not args.no_ema,
+                      overwrite=args.overwrite)
 
     return _run("mdiff-sample", parser, body, argv)
 
@@ -295,7 +254,7 @@ def metrics_main(argv=None):
         if args.transport and not 0 < args.transport_tol < 1:
             raise MdiffError("--transport-tol must be between 0 and 1")
         if args.transport and args.device != "cpu":
-            from .training import resolve_device
+            from .runtime import resolve_device
 
             resolve_device(args.device)
         if args.s2_max < 0:
@@ -364,7 +323,8 @@ def evaluate_main(argv=None):
     parser.add_argument("--s2-max", type=int, metavar="R", help="largest S2 distance "
                         "(default: half the cube side)")
     parser.add_argument("--out", metavar="DIR",
-                        help="write DIR/report.md, report.json and report.png")
+                        help="write DIR/report.md, report.json, report.png (the figures) and "
+                             "slices.png (mid-depth slices of real and generated cubes)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as one JSON object instead of the tables")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -387,7 +347,7 @@ def evaluate_main(argv=None):
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise MdiffError(f"--out {args.out}: exists and is not a folder")
         if args.transport and args.device != "cpu":
-            from .training import resolve_device
+            from .runtime import resolve_device
 
             resolve_device(args.device)
         if not 0 < args.transport_tol < 1:
@@ -397,7 +357,8 @@ def evaluate_main(argv=None):
             args.real, args.generated, args.size, args.real_region, mapping, args.training,
             args.transport, args.permutations, args.seed, args.s2_max,
             args.memorisation_cubes, args.device, transport_tol=args.transport_tol,
-            near=args.near, near_tol=args.near_tol)
+            near=args.near, near_tol=args.near_tol,
+            slices=Path(args.out) / "slices.png" if args.out else None)
         result["command"] = "mdiff-evaluate " + " ".join(
             sys.argv[1:] if argv is None else argv)
         text = evaluate.format_markdown(result)

@@ -10,6 +10,7 @@ from mdiff import descriptors, metrics, synth, write_volume
 from mdiff.cli import sample_main, train_main
 from mdiff.config import PRESETS, UNetConfig
 from mdiff.phases import PhaseMap
+from mdiff.request import SampleRequest
 
 QUIET = {"log": None}
 
@@ -44,10 +45,21 @@ def test_condition_encoding_and_dropout_share(conditioned):
     cond = descriptors.condition(torch.tensor([[0.2, 0.8], [0.5, 0.5]]),
                                  torch.tensor([True, False]))
     assert cond.numpy() == pytest.approx(np.array([[0.2, 0.8, 1.0], [0.0, 0.0, 0.0]]))
-    # the training loop drops a condition when its draw falls below cond_drop: p of them
-    draws = [np.random.default_rng([0, step, i, 1]).random() for step in range(500)
-             for i in range(4)]
-    assert np.mean(np.array(draws) < 0.1) == pytest.approx(0.1, abs=0.02)
+
+
+def test_training_batches_drop_the_condition_at_the_cond_drop_share(volume):
+    from mdiff.training import draw_batch, prepare
+
+    run = prepare([volume], None, False, "tiny", "unused", False, None, None,
+                  {"cond_drop": 0.25, "batch_size": 4}, None, lambda text: None)
+    flags = torch.cat([draw_batch(run, 100, step, range(4), "cpu").kwargs["cond"][:, -1]
+                       for step in range(300)])
+    assert set(flags.tolist()) == {0.0, 1.0}
+    assert (flags == 0).float().mean().item() == pytest.approx(0.25, abs=0.04)
+    batch = draw_batch(run, 100, 7, range(4), "cpu")
+    kept = batch.kwargs["cond"][:, -1] == 1
+    assert torch.allclose(batch.kwargs["cond"][kept, :-1],
+                          descriptors.fractions(batch.x_start)[kept])
 
 
 def test_the_checkpoint_records_the_training_distribution(conditioned, volume):
@@ -60,18 +72,22 @@ def test_the_checkpoint_records_the_training_distribution(conditioned, volume):
 
 
 def test_drawn_conditions_depend_on_seed_and_index_and_cover_the_quantiles(conditioned):
-    gen = mdiff.load(conditioned, device="cpu")
-    gen.recorded = torch.from_numpy(np.random.default_rng(0).dirichlet((4, 3, 2), 500)).float()
-    every = gen.conditions(40, seed=5)
-    assert torch.equal(gen.conditions(7, seed=5, first=11), every[11:18])
-    assert not torch.equal(gen.conditions(40, seed=6), every)
+    from mdiff.conditioning import per_volume
+
+    recorded = torch.from_numpy(np.random.default_rng(0).dirichlet((4, 3, 2), 500)).float()
+    every = per_volume(recorded, 40, seed=5)
+    assert torch.equal(per_volume(recorded, 7, seed=5, first=11), every[11:18])
+    assert not torch.equal(per_volume(recorded, 40, seed=6), every)
     assert torch.all(every[:, -1] == 1)  # "given" flag
+    # the generator draws from its checkpoint's record the same way
+    gen = mdiff.load(conditioned, device="cpu")
+    assert torch.equal(gen.conditions(5, seed=5), per_volume(gen.record.descriptors, 5, 5))
     # any 20 consecutive draws: their first fractions' ranks among the training cubes within
     # 1.5/20 of evenly spread (a golden-ratio sequence's gaps are at most ~1.6/n; independent
     # draws miss by 0.2-0.3, the Kolmogorov distance of 20 uniforms)
-    train = np.sort(gen.recorded[:, 0].numpy())
+    train = np.sort(recorded[:, 0].numpy())
     for first in (0, 13):
-        drawn = gen.conditions(20, seed=5, first=first)[:, 0].numpy()
+        drawn = per_volume(recorded, 20, seed=5, first=first)[:, 0].numpy()
         ranks = np.searchsorted(train, drawn) / len(train)
         assert np.abs(np.sort(ranks) - (np.arange(20) + 0.5) / 20).max() < 1.5 / 20
 
@@ -108,25 +124,29 @@ def test_conditioned_sampling_in_windows_and_periodic(conditioned):
 
 
 def test_a_larger_volume_without_target_draws_each_window(conditioned, tmp_path):
+    from mdiff.conditioning import drawn_windows
+
     gen = mdiff.load(conditioned, device="cpu")
-    gen.recorded = torch.from_numpy(np.random.default_rng(1).dirichlet((4, 3, 2), 300)).float()
-    plan = gen.plan(32, "windows")
-    calls = gen._drawn_windows(plan, seed=4, volumes=[2, 3])
-    rows = torch.cat(calls)  # window-major: window w of volume 2, of volume 3, window w + 1...
-    count = plan["windows"]
-    assert rows.shape == (2 * count, 4)
+    recorded = torch.from_numpy(np.random.default_rng(1).dirichlet((4, 3, 2), 300)).float()
+    plan = gen.plan(size=32, tiling="windows", seed=4)
+
+    def draws(plan, volumes):
+        return torch.cat(drawn_windows(plan, gen.model.factor, recorded, gen.patch, volumes))
+
+    rows = draws(plan, [2, 3])  # window-major: window w of volume 2, of volume 3, w + 1...
+    assert rows.shape == (2 * plan.windows, 4)
     # every window's condition is a training cube's, and volume i's depend on (seed, i) alone
-    assert all((gen.recorded == row[:3]).all(1).any() and row[3] == 1 for row in rows)
-    alone = torch.cat(gen._drawn_windows(plan, seed=4, volumes=[3]))
+    assert all((recorded == row[:3]).all(1).any() and row[3] == 1 for row in rows)
+    alone = draws(plan, [3])
     assert torch.equal(rows[1::2], alone) and not torch.equal(rows[0::2], alone)
-    assert not torch.equal(alone, torch.cat(gen._drawn_windows(plan, seed=5, volumes=[3])))
-    both = gen.sample(2, size=32, steps=2, seed=4)
-    assert gen.last_plan["tiling"] == "windows" and gen.last_draw == "per window"
-    assert np.array_equal(gen.sample(1, size=32, steps=2, seed=4, first=1)[0], both[1])
-    gen.sample(1, size=32, steps=2, seed=4, tiling="whole")
-    assert gen.last_draw == "unconditional"
-    gen.sample(1, steps=2, seed=4)
-    assert gen.last_draw == "per volume"
+    assert not torch.equal(alone, draws(plan.but(seed=5), [3]))
+    both = gen.generate(SampleRequest(count=2, size=32, steps=2, seed=4))
+    assert both.plan.tiling == "windows" and both.plan.drawn == "per window"
+    assert both.conditions is None  # one per window, not per volume
+    assert np.array_equal(gen.sample(1, size=32, steps=2, seed=4, first=1)[0],
+                          both.volumes[1])
+    assert gen.plan(size=32, tiling="whole").drawn == "unconditional"
+    assert gen.plan(steps=2).drawn == "per volume"
     assert sample_main([str(conditioned), str(tmp_path / "o"), "-n", "1", "--size", "32",
                         "--steps", "2"]) == 0
     info = json.loads((tmp_path / "o" / "samples.json").read_text())
@@ -139,13 +159,16 @@ def test_drawn_windows_vary_like_cubes_and_whole_volumes_like_larger_cubes(condi
     # that do not overlap are independent, neighbours correlate; 0.7 of it here, where the
     # windows' plain mean stands in for the fused volume's): drawing all of a volume's
     # windows from one low-discrepancy block (as before) gave 0.15 of it
+    from mdiff.conditioning import drawn_windows
+
     gen = mdiff.load(conditioned, device="cpu")
-    gen.recorded = torch.from_numpy(np.random.default_rng(1).dirichlet((4, 3, 2), 500)).float()
-    plan = gen.plan(64, "windows")
+    recorded = torch.from_numpy(np.random.default_rng(1).dirichlet((4, 3, 2), 500)).float()
+    plan = gen.plan(size=64, tiling="windows", seed=0)
     volumes = 120
-    rows = torch.cat(gen._drawn_windows(plan, seed=0, volumes=range(volumes)))[:, 0]
+    rows = torch.cat(drawn_windows(plan, gen.model.factor, recorded, gen.patch,
+                                   range(volumes)))[:, 0]
     rows = rows.view(-1, volumes)  # (windows, volumes)
-    cubes = gen.recorded[:, 0]
+    cubes = recorded[:, 0]
     assert rows.mean().item() == pytest.approx(cubes.mean().item(), abs=0.01)
     assert rows.std().item() == pytest.approx(cubes.std().item(), rel=0.1)
     ratio = rows.mean(0).std().item() / (cubes.std().item() * (16 / 64) ** 1.5)
@@ -155,16 +178,21 @@ def test_drawn_windows_vary_like_cubes_and_whole_volumes_like_larger_cubes(condi
 
 
 def test_guidance_one_is_one_network_call_and_mixes_otherwise(conditioned):
+    from mdiff.conditioning import guided
+
     gen = mdiff.load(conditioned, device="cpu")
     cond = descriptors.condition(torch.tensor([[0.6, 0.2, 0.2]]))
     calls = []
-    plain = gen._model_fn
-    gen._model_fn = lambda x, t, *e, cond=None: calls.append(len(x)) or plain(x, t, *e,
-                                                                               cond=cond)
+    plain = gen.model_fn
+
+    def counted(x, t, *e, cond=None):
+        calls.append(len(x))
+        return plain(x, t, *e, cond=cond)
+
     x, t = torch.randn(1, 3, 16, 16, 16), torch.tensor([300])
-    one = gen.guided(cond, 1.0)(x, t)
+    one = guided(counted, cond, 1.0)(x, t)
     assert calls == [1]
-    w = gen.guided(cond, 3.0)(x, t)
+    w = guided(counted, cond, 3.0)(x, t)
     assert calls == [1, 2]  # both branches in one call
     uncond = plain(x, t, cond=torch.zeros(1, 4))
     assert torch.allclose(w, uncond + 3.0 * (one - uncond), atol=1e-5)
@@ -222,15 +250,18 @@ def test_profiles_parse_and_interpolate():
 
 
 def test_graded_sampling_conditions_each_window_on_its_place(conditioned, tmp_path):
+    from mdiff.conditioning import graded
+
     gen = mdiff.load(conditioned, device="cpu")
     profile = descriptors.parse_profile("z", ["0:0.8,0.1,0.1", "1:0.1,0.1,0.8"], 3)
-    plan = gen.plan(size=(48, 16, 16), tiling="windows", overlap=0.5, windows=2)
-    per_call = gen._graded(plan, profile, volumes=2)
+    plan = gen.plan(size=(48, 16, 16), tiling="windows", overlap=0.5, windows=2,
+                    fractions_along=profile)
+    per_call = graded(plan, gen.model.factor, volumes=2)
     firsts = [float(c[0, 0]) for c in per_call]  # phase 0's target, window by window along z
     assert firsts == sorted(firsts, reverse=True) and firsts[0] > firsts[-1]
     assert all(len(c) == 2 * len(g) for c, g in zip(
         per_call, __import__("mdiff.tiling").tiling.Tiling(
-            plan["shape"], 16, 0.5).batches(2)))
+            plan.shape, 16, 0.5).batches(2)))
     vol = gen.sample(1, size=(48, 16, 16), steps=2, seed=0, fractions_along=profile)
     assert vol.shape == (1, 48, 16, 16)
     with pytest.raises(mdiff.MdiffError, match="--tiling windows"):
@@ -248,9 +279,9 @@ def test_a_mean_input_model_samples_cubes_and_larger_volumes_in_windows(volume, 
     gen = mdiff.load(ckpt, device="cpu")
     assert gen.model.mean_embed is not None
     assert gen.sample(2, steps=2, seed=1).shape == (2, 16, 16, 16)
-    assert gen.plan(16)["tiling"] == "whole"
-    assert gen.plan(16, periodic=True)["tiling"] == "whole"
-    assert gen.plan(32)["tiling"] == "windows"  # the cube mean it learned is a window's
+    assert gen.plan(size=16).tiling == "whole"
+    assert gen.plan(size=16, periodic=True).tiling == "whole"
+    assert gen.plan(size=32).tiling == "windows"  # the cube mean it learned is a window's
     assert gen.sample(1, size=(16, 32, 16), steps=2, seed=1).shape == (1, 16, 32, 16)
     assert sample_main([str(ckpt), str(tmp_path / "o"), "--size", "32", "--tiling",
                         "whole"]) == 2
@@ -277,21 +308,15 @@ def test_default_guidance_is_1_4_for_drawn_compositions_and_1_at_a_target(condit
                                                                          volume, tmp_path):
     from mdiff.sampling import DRAWN_GUIDANCE
     gen = mdiff.load(conditioned, device="cpu")
-    gen.sample(1, steps=2, seed=0)
-    assert gen.last_guidance == DRAWN_GUIDANCE == 1.4
-    gen.sample(1, steps=2, seed=0, fractions=(0.5, 0.3, 0.2))
-    assert gen.last_guidance == 1.0
-    gen.sample(1, size=32, steps=2, seed=0, tiling="whole")  # runs unconditioned
-    assert gen.last_guidance == 1.0
-    gen.sample(1, size=24, steps=2, seed=0)  # each window draws its own composition
-    assert gen.last_draw == "per window" and gen.last_guidance == 1.0
-    gen.sample(1, steps=2, seed=0, guidance=2.0)
-    assert gen.last_guidance == 2.0
+    assert gen.plan().guidance == DRAWN_GUIDANCE == 1.4
+    assert gen.plan(fractions=(0.5, 0.3, 0.2)).guidance == 1.0
+    assert gen.plan(size=32, tiling="whole").guidance == 1.0  # runs unconditioned
+    drawn = gen.plan(size=24)  # each window draws its own composition
+    assert drawn.drawn == "per window" and drawn.guidance == 1.0
+    assert gen.plan(guidance=2.0).guidance == 2.0
     plain = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 1},
                         unet={"condition": "none"}, **QUIET)
-    gen = mdiff.load(plain, device="cpu")
-    gen.sample(1, steps=2, seed=0)
-    assert gen.last_guidance == 1.0
+    assert mdiff.load(plain, device="cpu").plan().guidance == 1.0
     assert sample_main([str(conditioned), str(tmp_path / "o"), "-n", "1", "--steps", "2"]) == 0
     assert json.loads((tmp_path / "o" / "samples.json").read_text())["condition"][
         "guidance"] == 1.4
@@ -300,13 +325,14 @@ def test_default_guidance_is_1_4_for_drawn_compositions_and_1_at_a_target(condit
 def test_guidance_counts_both_branches_against_free_memory(conditioned, monkeypatch):
     # guidance != 1 runs both branches in one network call: the request is refused in one
     # line where only one branch's activations would fit
-    import mdiff.io
+    import mdiff.runtime
     from mdiff.errors import MdiffError
+    from mdiff.plan import memory_needed
     gen = mdiff.load(conditioned, device="cpu")
-    plan = gen.plan(None, "whole", n=2)
-    one, two = (gen.memory_needed(plan["batch"], plan, b) for b in (1, 2))
+    plan = gen.plan(tiling="whole", count=2)
+    one, two = (memory_needed(gen.facts, plan, plan.batch, b) for b in (1, 2))
     assert two > one
-    monkeypatch.setattr(mdiff.io, "free_memory", lambda device: (one + two) / 2)
+    monkeypatch.setattr(mdiff.runtime, "free_memory", lambda device: (one + two) / 2)
     gen.sample(2, steps=2, seed=0, guidance=1.0)
     with pytest.raises(MdiffError, match="needs about"):
         gen.sample(2, steps=2, seed=0, guidance=2.0)

@@ -12,6 +12,7 @@ from mdiff.cli import sample_main
 from mdiff.config import PRESETS
 from mdiff.diffusion import GaussianDiffusion, cosine_betas
 from mdiff.errors import MdiffError
+from mdiff.request import SampleRequest
 from mdiff.samplers import ddim_sample, dpmpp_2m_sample
 from mdiff.tiling import Tiling, tiled_denoiser, window_starts
 from mdiff.unet import Attention, UNet
@@ -193,8 +194,10 @@ def test_large_non_cubic_and_periodic_samples(ckpt, tiling):
     again = gen.sample(1, size=(32, 24, 16), sampler="dpm++", steps=3, seed=1, tiling=tiling,
                        batch=1)
     np.testing.assert_array_equal(vol[:1], again)  # volume i depends on (seed, i) alone
-    per = gen.sample(1, size=32, steps=3, seed=1, tiling=tiling, periodic=True, overlap=0.5)
-    assert per.shape == (1, 32, 32, 32) and gen.last_plan["periodic"]
+    per = gen.generate(SampleRequest(count=1, size=32, steps=3, seed=1, tiling=tiling,
+                                     periodic=True, overlap=0.5))
+    assert per.volumes.shape == (1, 32, 32, 32) and per.plan.periodic
+    assert per.plan.tiling == tiling
 
 
 def test_cli_large_sample_records_how_it_was_made(ckpt, tmp_path, capsys):
@@ -231,12 +234,15 @@ def test_generator_rejects_a_bad_size(ckpt):
 
 
 def test_auto_tiling_takes_the_whole_volume_where_it_fits(ckpt, monkeypatch):
-    from mdiff import sampling
+    from mdiff import runtime
+    from mdiff.plan import memory_needed
 
     gen = mdiff.load(ckpt)
-    need = gen.memory_needed(1, {"shape": (64, 64, 64), "tiling": "whole"})
-    monkeypatch.setattr(sampling, "free_memory", lambda device: 2 * need)
-    assert gen.plan(64)["tiling"] == "whole"
-    monkeypatch.setattr(sampling, "free_memory", lambda device: 2 * need - 1)
-    assert gen.plan(64)["tiling"] == "windows"
-    assert gen.plan(16)["tiling"] == "whole"  # the training size is always seen whole
+    need = memory_needed(gen.facts, {"shape": (64, 64, 64), "tiling": "whole"}, 1)
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 2 * need)
+    target = {"fractions": (0.4, 0.3, 0.3)}  # drawn compositions go by windows (below)
+    assert gen.plan(size=64, **target).tiling == "whole"
+    assert gen.plan(size=64).tiling == "windows" and gen.plan(size=64).drawn == "per window"
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 2 * need - 1)
+    assert gen.plan(size=64, **target).tiling == "windows"
+    assert gen.plan(size=16).tiling == "whole"  # the training size is always seen whole

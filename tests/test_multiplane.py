@@ -257,7 +257,7 @@ def test_sample_cli_from_a_2d_checkpoint_and_its_refusals(model_2d, tmp_path, ca
                         "--fuse", "cycle"]) == 0
     info = json.loads((out / "samples.json").read_text())
     assert info["tiling"] == "planes" and info["fuse"] == "cycle" and info["size"] == [16] * 3
-    # a 2D model's defaults: DDIM with eta = 1, one axis a step (sampling.SAMPLING_DEFAULTS)
+    # a 2D model's defaults: DDIM with eta = 1, one axis a step (plan.KIND_DEFAULTS)
     assert info["sampler"] == "ddim" and info["eta"] == 1.0 and info["steps"] == 3
     assert read_volume(out / "sample_001.tif").shape == (16, 16, 16)
     capsys.readouterr()
@@ -309,8 +309,8 @@ def test_2d_runs_record_their_images_fractions_and_sampling_holds_to_them(image_
     want = [float((image == label).mean()) for label in (0, 127, 255)]
     assert state["image_fractions"].tolist() == pytest.approx(want, abs=1e-6)
     gen = mdiff.load(model_2d)
-    assert gen.plan(16)["match_fractions"] == pytest.approx(want, abs=1e-5)
-    assert gen.plan(16, free_fractions=True)["match_fractions"] is None
+    assert gen.plan(size=16).match_fractions == pytest.approx(want, abs=1e-5)
+    assert gen.plan(size=16, free_fractions=True).match_fractions is None
     assert sample_main([str(model_2d), str(tmp_path / "s"), "-n", "1", "--size", "8",
                         "--steps", "2", "--free-fractions"]) == 0
     info = json.loads((tmp_path / "s" / "samples.json").read_text())

@@ -1,0 +1,139 @@
+"""What a conditioned model is conditioned on while it samples, and guidance.
+
+A condition is what ``mdiff.descriptors.condition`` makes: (N, k + 1), the descriptor vector
+and a 1 that says it is given. Here: a target for every volume, each volume's draw from the
+descriptors recorded over the training cubes (``per_volume``), each window's draw in a volume
+larger than the training cube (``drawn_windows``), a graded target at each window's place
+(``graded``), and classifier-free guidance (Ho & Salimans 2022) as a wrapper of the model
+callable (``guided``). ``for_batch`` picks among them from the plan.
+"""
+import math
+
+import torch
+
+from . import descriptors
+from .tiling import Tiling, bump
+
+GOLDEN = (math.sqrt(5) - 1) / 2  # the step of the low-discrepancy draws of conditions
+
+
+def at_quantiles(recorded, quantiles):
+    """The conditions of the training cubes at ``quantiles`` (in [0, 1]) of their descriptors
+    ranked by the first column."""
+    ranked = torch.argsort(recorded[:, 0], stable=True)
+    picks = ranked[(quantiles * len(ranked)).long().clamp(0, len(ranked) - 1)]
+    return descriptors.condition(recorded[picks])
+
+
+def per_volume(recorded, n, seed, first=0, target=None):
+    """(n, k + 1) conditions of volumes first, ..., first + n − 1: the ``target`` for all, or
+    each volume's drawn from the training cubes by (seed, i) alone.
+
+    The draws follow a golden-ratio sequence over the training cubes ranked by their first
+    descriptor, started at a point drawn from the seed: any n consecutive volumes cover its
+    quantiles evenly (independent draws left small sets off the training mean)."""
+    if target is not None:
+        return descriptors.condition(torch.tensor([target] * n))
+    start = torch.rand((), generator=torch.Generator().manual_seed(seed + 7)).item()
+    return at_quantiles(recorded, torch.tensor([(start + (first + i) * GOLDEN) % 1.0
+                                                for i in range(n)], dtype=torch.float64))
+
+
+def _tiling(plan, factor):
+    return Tiling(plan.shape, plan.window, plan.overlap, plan.periodic, factor)
+
+
+def graded(plan, factor, volumes):
+    """Per network call of a step over windows, the conditions of its windows (window-major,
+    ``volumes`` alike): the graded target at each window's centre voxel, placed from 0 (the
+    axis's first voxel) to 1 (its last)."""
+    axis, points = plan.profile
+    k = "zyx".index(axis)
+    tiling = _tiling(plan, factor)
+    length = plan.shape[k]
+    out = []
+    for group in tiling.batches(plan.windows_per_call):
+        rows = []
+        for corner in group:
+            centre = (corner[k] + (tiling.sides[k] - 1) / 2) % length / max(length - 1, 1)
+            rows += [descriptors.profile_at(points, centre)] * volumes
+        out.append(descriptors.condition(torch.tensor(rows)))
+    return out
+
+
+def drawn_windows(plan, factor, recorded, patch, volumes):
+    """Per network call of a step over windows, the conditions of its windows (window-major,
+    then ``volumes`` — their indices — in order): each window its own draw from the training
+    cubes, neighbouring windows' draws correlated as the voxels they share in the fused volume.
+
+    A volume is a field of white noise on cells of a quarter of the training cube's side (by
+    (seed, i) alone); a window's value is that noise summed over its voxels with its fusion
+    weights (``tiling.bump``), normalised to a standard normal, and picks the training cube at
+    that quantile. Each window's composition then follows the training cubes', and the whole
+    volume's varies as a real volume of its size does where cubes that do not overlap are
+    independent (docs/composition.md)."""
+    tiling = _tiling(plan, factor)
+    grain = max(1, patch // 4)
+    sums = []  # per axis: (window positions, cells) fusion weights, each row of norm 1
+    for k, length in enumerate(plan.shape):
+        counts = torch.zeros(len(tiling.starts[k]), math.ceil(length / grain))
+        for j, start in enumerate(tiling.starts[k]):
+            voxels = (torch.arange(tiling.sides[k]) + start) % length
+            counts[j].index_add_(0, voxels // grain, bump(tiling.sides[k]))
+        sums.append(counts / counts.norm(dim=1, keepdim=True))
+    draws = {}
+    for i in volumes:
+        noise = torch.randn([m.shape[1] for m in sums], generator=torch.Generator()
+                            .manual_seed(plan.seed * 1_000_003 + i + 11))
+        z = torch.einsum("ai,bj,ck,ijk->abc", *sums, noise).reshape(-1)  # corners() order
+        draws[i] = at_quantiles(recorded, 0.5 * (1 + torch.erf(z / math.sqrt(2))))
+    out, w = [], 0
+    for group in tiling.batches(plan.windows_per_call):
+        rows = []
+        for _ in group:
+            rows += [draws[i][w] for i in volumes]
+            w += 1
+        out.append(torch.stack(rows))
+    return out
+
+
+def for_batch(plan, recorded, factor, patch, start, count):
+    """The conditions of volumes plan.first + start, ... (``count`` of them): None (no
+    condition), a (count, k + 1) tensor, or a list of them, one per network call of a step
+    over windows (``Tiling.batches`` order)."""
+    if recorded is None and plan.target is None and plan.profile is None:
+        return None  # an unconditioned model
+    if plan.profile is not None:
+        return graded(plan, factor, count)
+    if plan.drawn == "per window":
+        first = plan.first + start
+        return drawn_windows(plan, factor, recorded, patch, range(first, first + count))
+    if plan.drawn == "unconditional":
+        return None
+    return per_volume(recorded, count, plan.seed, plan.first + start, plan.target)
+
+
+def guided(model_fn, cond, guidance=1.0):
+    """The model callable for a batch of volumes with conditions ``cond`` (one row per
+    volume; the network may see k windows of each, window-major, as ``mdiff.tiling`` batches
+    them; or a list with one condition per window group, for each network call of a step in
+    turn): conditional, or with classifier-free guidance
+    out = out_uncond + w (out_cond − out_uncond), both branches in one call."""
+    if cond is None:
+        return model_fn
+    per_call = cond if isinstance(cond, list) else [cond]
+    calls = [0]
+
+    def model(x, t, *extra):
+        c = per_call[calls[0] % len(per_call)].to(x.device)
+        calls[0] += 1
+        c = c.repeat(len(x) // len(c), 1)
+        if guidance == 1:
+            return model_fn(x, t, *extra, cond=c)
+        both = [None if e is None else torch.cat([e, e]) for e in extra]
+        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), *both,
+                       cond=torch.cat([c, torch.zeros_like(c)]))
+        cond_out, plain = out.chunk(2)
+        return plain + guidance * (cond_out - plain)
+
+    return model

@@ -1,0 +1,82 @@
+"""Where a job runs: the device, mixed precision, free memory and a busy machine.
+
+Training, sampling and transport import these; none of them imports another for them.
+torch is imported inside the functions, so that ``import mdiff`` stays cheap.
+"""
+import contextlib
+import os
+
+from .errors import MdiffError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(name):
+    """A ``torch.device`` for "auto" (CUDA when there is one), "cpu", "cuda" or "cuda:N";
+    MdiffError for CUDA on a machine without it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MdiffError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MdiffError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    return device
+
+
+def autocast(device, precision):
+    """bf16/fp16 autocast on the device, or nothing for fp32 (nanoGPT's three lines)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise MdiffError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def free_memory(device="cpu"):
+    """Bytes free now on ``device`` (a CUDA device's free memory, or the machine's free
+    physical memory), or None where that cannot be told."""
+    try:
+        if str(device).startswith("cuda"):
+            import torch
+
+            return torch.cuda.mem_get_info(torch.device(device))[0]
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need, device="cpu", advice="", what="this request"):
+    """MdiffError, one line, if ``need`` bytes are more than ``device`` has free: refuse a
+    request up front instead of letting it exhaust memory half-way."""
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise MdiffError(f"{what} needs about {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB "
+                         f"are free on {device}" + (f"; {advice}" if advice else ""))
+
+
+def busy_warning(prog, threads=None):
+    """A warning line when this process would use several threads on a machine whose cores
+    are already all busy (its 1-minute load at least 90 % of them), else None. Two jobs that
+    each use every core stall each other far beyond 2×; a job on one thread (``--threads 1``,
+    or pinned by taskset beside another) is not warned."""
+    import torch
+
+    threads = torch.get_num_threads() if threads is None else threads
+    try:
+        load = os.getloadavg()[0]
+        cores = os.cpu_count() or 1
+        threads = min(threads, len(os.sched_getaffinity(0)))
+    except (OSError, AttributeError):
+        return None
+    if threads <= 1 or load < 0.9 * cores:
+        return None
+    return (f"{prog}: warning: this machine is busy (load {load:.1f} on {cores} cores); two "
+            "jobs that each use every core stall each other far beyond 2x: give each "
+            "--threads 1 (or OMP_NUM_THREADS=1), or wait for the other to end")

@@ -1,0 +1,161 @@
+"""Writing a set of samples to a folder: ``mdiff-sample`` as a function.
+
+A folder never holds two sets: one that holds samples is refused unless ``overwrite``, and then
+the old set is replaced as a whole once the new one is complete (it is written to
+OUT_DIR/.partial first, so a failed run leaves the old set as it was). Under torchrun the
+volumes are shared out: process r of N makes volumes [r·n/N, (r+1)·n/N) (volume i is still a
+function of the seed and i alone), and rank 0 writes samples.json once all are written.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import distributed
+from ._version import __version__
+from .errors import MdiffError
+from .io import atomic_path, write_volume
+from .request import SampleRequest
+from .runtime import busy_warning, resolve_device
+
+
+def sample_set(folder):
+    """The files of a sample set in a folder: sample_*.tif and samples.json."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.name == "samples.json" or (p.name.startswith("sample_") and p.suffix == ".tif")))
+
+
+def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_ema=True,
+                  overwrite=False, log=None):
+    """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json for ``request`` (a
+    ``SampleRequest``); returns the paths."""
+    from .sampling import load
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir)
+    ctx = distributed.context()
+    if ctx.world > 1:
+        if request.seed is None:
+            raise MdiffError("give a --seed when sampling with several processes")
+        kind = resolve_device(device).type
+        distributed.setup(kind)
+        device = f"cuda:{ctx.local_rank}" if kind == "cuda" else "cpu"
+        if not ctx.main:
+            log = lambda text: None  # noqa: E731
+    n = int(request.count)
+    if n < 1:
+        raise MdiffError(f"-n {n}: nothing to generate; give at least 1 volume")
+    old_set = sample_set(out_dir)
+    if old_set and not overwrite:
+        raise MdiffError(f"{out_dir} already holds {len(old_set)} sample file(s) of another "
+                         "run; choose another folder, or --overwrite to replace that set")
+    share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
+    gen = load(ckpt, device, use_ema, precision)
+    plan = gen.plan(request.but(count=max(len(share), 1), first=share.start))
+    partial = out_dir / ".partial"
+    if ctx.main:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run that was stopped
+        partial.mkdir(parents=True)
+    distributed.barrier()
+    started = time.perf_counter()
+    log(_announce(gen, plan, n, ctx.world, len(share)))
+    busy = gen.device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-sample")
+    if busy:
+        log(busy)
+    try:
+        volumes = gen.generate(plan, _Progress(log)).volumes if len(share) else []
+        for i, volume in zip(share, volumes):
+            write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
+                         unit=gen.unit)
+    except BaseException:
+        if ctx.world == 1:  # nothing half-made stays behind (ranks may still be writing)
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    distributed.barrier()
+    distributed.cleanup()
+    paths = [out_dir / f"sample_{i:03d}.tif" for i in range(n)]
+    if not ctx.main:
+        return paths
+    info = samples_json(gen, plan, request, ckpt, n, ctx.world, use_ema, precision,
+                        time.perf_counter() - started, [p.name for p in paths])
+    with atomic_path(partial / "samples.json") as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
+    for old in sample_set(out_dir):  # the new set is complete: the old one goes as a whole
+        old.unlink()
+    for path in sorted(partial.iterdir()):
+        os.replace(path, out_dir / path.name)
+    partial.rmdir()
+    log(f"mdiff-sample: wrote {n} volume(s) to {out_dir} in {info['seconds']:.1f} s")
+    return paths
+
+
+def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, seconds, files):
+    """What samples.json records: the model, the plan, the conditions and the files."""
+    condition = None
+    if gen.condition != "none":
+        profile = plan.profile
+        condition = {
+            "kind": gen.condition,
+            "target": None if request.fractions is None else list(request.fractions),
+            "graded": None if profile is None else {
+                "axis": profile[0], "points": [[p, list(v)] for p, v in profile[1]]},
+            "guidance": plan.guidance, "drawn": plan.drawn,
+            "per_volume": gen.per_volume_conditions(plan.but(first=0), n)}
+    return {"mdiff_version": __version__, "checkpoint": str(Path(ckpt).resolve()),
+            "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n,
+            "processes": processes, "size": list(plan.shape), "training_size": gen.patch,
+            **{k: v for k, v in plan.layout().items()},
+            "sampler": plan.sampler, "steps": plan.steps, "eta": plan.eta, "seed": plan.seed,
+            "ema": use_ema, "precision": precision, "device": str(gen.device),
+            "labels": list(gen.phase_map.labels), "condition": condition,
+            "seconds": seconds, "files": files}
+
+
+def _announce(gen, plan, n, world, here):
+    """The first line of a sampling run: what, how, where."""
+    if plan.tiling == "windows":
+        how = (f"{plan.windows} windows of {plan.window}^3 a step (overlap "
+               f"{plan.overlap:g})")
+    elif plan.tiling == "planes":
+        turn = {"cycle": "one axis a step, in turn", "mean": "the three axes fused",
+                "geo": "the three axes' probabilities multiplied"}[plan.fuse]
+        how = f"a 2D model, multi-plane denoising ({turn}, {plan.slices} slices a call)"
+    else:
+        how = "the whole volume at once"
+    return (f"mdiff-sample: {n} volume(s) of {'x'.join(map(str, plan.shape))} with "
+            f"{plan.sampler}{f' ({plan.steps} steps)' if plan.respaced else ''} on "
+            f"{gen.device}, checkpoint step {gen.step}; {how}"
+            f"{', periodic' if plan.periodic else ''}"
+            + (f", guidance {plan.guidance:g}" if gen.condition != "none" else "")
+            + (f", {world} processes ({here} volumes here)" if world > 1 else ""))
+
+
+class _Progress:
+    """A line at most every 2 s: volume-steps done, rate and ETA."""
+
+    def __init__(self, log):
+        self.log, self.started, self.last = log, time.perf_counter(), [0.0, 0]
+
+    def __call__(self, done, total):
+        now = time.perf_counter()
+        if now - self.last[0] >= 2.0 or (done == total and self.last[1] != total):
+            self.last = [now, done]
+            rate = done / max(now - self.started, 1e-9)
+            self.log(f"  {done:.1f}/{total} volume-steps  {rate:.2f}/s  "
+                     f"ETA {int((total - done) / max(rate, 1e-9))}s")
+
+
+def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=0, batch=None,
+                  eta=None, device="auto", precision="fp32", use_ema=True, log=None,
+                  overwrite=False, **fields):
+    """``write_samples`` with the request's fields as keywords (the API before
+    ``SampleRequest``; ``fractions_along`` as on the command line, [AXIS, "POS:F0,...", ...],
+    or parsed)."""
+    request = SampleRequest(count=n, size=size, sampler=sampler, steps=steps, seed=seed,
+                            batch=batch, eta=eta, **fields)
+    return write_samples(ckpt, out_dir, request, device, precision, use_ema, overwrite, log)
