@@ -1,22 +1,59 @@
-"""Per-cube descriptors a model can be conditioned on, in one place: today each phase's volume
-fraction ("fractions"). Training computes them from each cube on the fly (they are invariant
-under the 48 cube symmetries); sampling takes a target, or draws each volume's from the
-distribution recorded over the training cubes, so that a generated set varies like the real
-cubes; the U-Net embeds them (``mdiff.unet``), and classifier-free guidance (Ho & Salimans
-2022) mixes the conditional and unconditional outputs.
+"""Per-cube descriptors a model can be conditioned on, in one table: ``DESCRIPTORS`` (today
+each phase's volume fraction, "fractions"). Training computes a batch's from its cubes on the
+fly (they must be invariant under the cube symmetries used); the checkpoint records them over
+the training cubes, so that sampling can draw each volume's (``mdiff.conditioning``); the
+U-Net embeds them (``mdiff.unet``). A new descriptor is one ``register`` call: its size for n
+phases and its function of a one-hot batch.
 
-A condition is an (N, phases + 1) tensor: the descriptor vector, then a 1 that says it is
-given; all zeros means "no condition" (the dropped case of training and the unconditional
-branch of guidance).
+A condition is an (N, k + 1) tensor: the k descriptor values, then a 1 that says it is given;
+all zeros means "no condition" (the dropped case of training and the unconditional branch of
+classifier-free guidance).
 """
+from dataclasses import dataclass
+
 import numpy as np
 
-KINDS = ("none", "fractions")
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A row of ``DESCRIPTORS``."""
+
+    size: object  # size(phases) -> k, the number of values
+    of_batch: object  # of_batch(x_start (N, n, D, H, W) one-hot in [-1, 1]) -> (N, k) tensor
+    help: str = ""
+
+
+DESCRIPTORS = {}
+
+
+def register(name, size, of_batch, help=""):
+    """Add a descriptor that models can be trained on (``--condition NAME``)."""
+    DESCRIPTORS[name] = Descriptor(size, of_batch, help)
+    return DESCRIPTORS[name]
+
+
+def kinds():
+    """The values ``--condition`` takes: none and every registered descriptor."""
+    return ("none", *DESCRIPTORS)
+
+
+def size(kind, phases):
+    """k, the number of values of descriptor ``kind`` for a model of ``phases``."""
+    return int(DESCRIPTORS[kind].size(phases))
+
+
+def of_batch(kind, x_start):
+    """(N, k) descriptor values of a one-hot batch (N, n, D, H, W) in [-1, 1]."""
+    return DESCRIPTORS[kind].of_batch(x_start)
 
 
 def fractions(x_start):
     """(N, n, D, H, W) one-hot batch in [-1, 1] → (N, n) volume fraction of each phase."""
     return ((x_start + 1) * 0.5).flatten(2).mean(dim=2)
+
+
+register("fractions", lambda phases: phases, fractions, "each phase's volume fraction")
+KINDS = kinds()  # the built-in ones (kinds() also counts those registered later)
 
 
 def condition(values, keep=None):
@@ -30,18 +67,27 @@ def condition(values, keep=None):
     return torch.cat([values * flag, flag], dim=1)
 
 
-def training_distribution(dataset, limit=4096):
-    """(K, n) float32 fractions of up to ``limit`` training cubes (the dataset's grid, evenly
-    thinned; random positions when it has none), recorded in the checkpoint so that sampling
-    can draw from it."""
+def training_distribution(dataset, kind="fractions", limit=4096):
+    """(K, k) float32 descriptors of up to ``limit`` training cubes (the dataset's grid,
+    evenly thinned; random positions when it has none), recorded in the checkpoint so that
+    sampling can draw from it. Each cube goes through the descriptor's own function, one-hot
+    encoded one at a time (never the whole volume)."""
+    import torch
+
+    from .phases import one_hot
+
     rng = np.random.default_rng(0)
     if len(dataset):
         picks = np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).astype(int)
         cubes = (dataset.cube_at(dataset.positions[k]) for k in picks)
     else:
         cubes = (dataset.cube(rng) for _ in range(limit))
-    return np.stack([np.bincount(c.ravel(), minlength=dataset.n) / c.size
-                     for c in cubes]).astype(np.float32)
+    if kind == "fractions":  # exact counts, as the recorded distributions always were
+        return np.stack([np.bincount(c.ravel(), minlength=dataset.n) / c.size
+                         for c in cubes]).astype(np.float32)
+    rows = [of_batch(kind, one_hot(torch.from_numpy(np.ascontiguousarray(c))[None], dataset.n,
+                                   dims=c.ndim)) for c in cubes]
+    return torch.cat(rows).float().numpy()
 
 
 def normalise_target(values, phases):

@@ -10,50 +10,30 @@ whatever the number of processes it is split over (``mdiff.distributed``): ``bat
 the effective batch, each of N data-parallel processes draws its N-th of it, and
 DistributedDataParallel averages their gradients.
 """
-import contextlib
 import copy
 import functools
 import json
 import math
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint, descriptors, distributed, synth
-from .config import (OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, diffusion_config, from_dict,
-                     override, to_dict)
+from .config import (OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, diffusion_config,
+                     from_dict, override, to_dict)
 from .data import PLANES, CubeDataset, ImageDataset, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
 from .io import check_image, check_volume, read_labels
 from .phases import PhaseMap, check_labels, label_counts
+from .runtime import PRECISIONS, autocast, busy_warning, resolve_device  # noqa: F401
 from .unet import UNet
 
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MdiffError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    return device
-
-
-def autocast(device, precision):
-    """bf16/fp16 autocast on the device, or nothing for fp32 (nanoGPT's three lines)."""
-    if precision not in PRECISIONS:
-        raise MdiffError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def load_volumes(paths, phases=None, example=False, planes=None):
@@ -147,25 +127,6 @@ def _stderr(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def busy_warning(prog, threads=None):
-    """A warning line when this process would use several threads on a machine whose cores
-    are already all busy (its 1-minute load at least 90 % of them), else None. Two jobs that
-    each use every core stall each other far beyond 2× (measured: 0.54 → 0.044 steps/s); a
-    job on one thread (``--threads 1``, or pinned by taskset beside another) is not warned."""
-    threads = torch.get_num_threads() if threads is None else threads
-    try:
-        load = os.getloadavg()[0]
-        cores = os.cpu_count() or 1
-        threads = min(threads, len(os.sched_getaffinity(0)))
-    except (OSError, AttributeError):
-        return None
-    if threads <= 1 or load < 0.9 * cores:
-        return None
-    return (f"{prog}: warning: this machine is busy (load {load:.1f} on {cores} cores); two "
-            "jobs that each use every core stall each other far beyond 2x: give each "
-            "--threads 1 (or OMP_NUM_THREADS=1), or wait for the other to end")
-
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training, with a message that says what is saved and how to go on."""
 
@@ -174,6 +135,86 @@ def _duration(seconds):
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+@dataclass
+class Run:
+    """A training run as prepared: its configs, its data and the folder it writes."""
+
+    ucfg: UNetConfig
+    dcfg: object  # DiffusionConfig
+    tcfg: TrainConfig
+    state: dict  # the checkpoint resumed from, or None for a new run
+    dataset: object  # CubeDataset or ImageDataset
+    phase_map: PhaseMap
+    meta: dict
+    names: list
+    data: list
+    planes: dict
+    example: bool
+    preset: str
+    out: Path
+
+
+@dataclass
+class Batch:
+    """What one training step consumes (``draw_batch``)."""
+
+    x_start: torch.Tensor  # (n, phases, P, P, P) one-hot in [-1, 1] (or 2D patches)
+    t: torch.Tensor  # (n,) timesteps
+    noise: torch.Tensor  # like x_start
+    coin: torch.Tensor  # (n,) uniforms: the self-conditioning coin
+    kwargs: dict  # what the network takes besides x_t and t: cond=..., plane=...
+
+
+class TrainStep:
+    """``loss = step(batch)``: one step of Algorithm 1 — forward, backward, gradient
+    clipping, the optimiser (learning rate of the step: linear warm-up), the EMA."""
+
+    def __init__(self, model, ema, forward, optimizer, scaler, process, tcfg, device, step=0):
+        self.model, self.ema, self.forward = model, ema, forward
+        self.optimizer, self.scaler, self.process = optimizer, scaler, process
+        self.tcfg, self.device, self.step = tcfg, device, step
+        self.params = list(model.parameters())
+        self.ema_params = list(ema.parameters())
+
+    def __call__(self, batch):
+        for group in self.optimizer.param_groups:
+            group["lr"] = _lr(self.tcfg, self.step)
+        model_fn = functools.partial(self.forward, **batch.kwargs) if batch.kwargs \
+            else self.forward
+        with autocast(self.device, self.tcfg.precision):
+            loss = self.process.training_losses(model_fn, batch.x_start, batch.t, batch.noise,
+                                                batch.coin).mean()
+        self.scaler.scale(loss).backward()
+        if self.tcfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1.0 - self.tcfg.ema_decay)
+        self.step += 1
+        return loss.detach()
+
+
+def draw_batch(run, timesteps, step, samples, device):
+    """The ``Batch`` of the given sample indices of a step (see the module doc): cubes,
+    timesteps, noise, the coin, and the condition (dropped where its draw falls below
+    ``cond_drop``) or the patches' planes."""
+    ucfg, tcfg = run.ucfg, run.tcfg
+    x_start, t, noise, coin, planes = _draws(run.dataset, timesteps, tcfg.seed, step, samples,
+                                             device)
+    kwargs = {}
+    if ucfg.planes > 1:
+        kwargs["plane"] = planes
+    if ucfg.condition != "none":
+        keep = torch.tensor([np.random.default_rng([tcfg.seed, step, i, 1]).random()
+                             >= tcfg.cond_drop for i in samples])
+        kwargs["cond"] = descriptors.condition(descriptors.of_batch(ucfg.condition, x_start),
+                                               keep)
+    return Batch(x_start, t, noise, coin, kwargs)
 
 
 def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff", resume=False,
@@ -206,23 +247,30 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
                       log=_stderr if log is _stderr else None, overwrite=overwrite,
                       planes=planes)
         return Path(distributed.launch(int(procs), _worker, kwargs))
-    ctx = distributed.context()
-    log = (log or (lambda text: None)) if ctx.main else (lambda text: None)
+    log = (log or (lambda text: None)) if distributed.context().main else (lambda text: None)
+    run = prepare(data, phases, example, preset, out, resume, unet, diffusion, train, planes,
+                  log)
+    device = resolve_device(run.tcfg.device)
+    ctx = distributed.setup(device.type)
+    if device.type == "cuda" and ctx.world > 1:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if run.tcfg.batch_size % ctx.world:
+        raise MdiffError(f"--batch-size {run.tcfg.batch_size} (the effective batch) must be a "
+                         f"multiple of the {ctx.world} processes")
+    trainer = build(run, device, ctx, log)
+    path = _loop(run, trainer, ctx, log)
+    distributed.cleanup()
+    return path
+
+
+def prepare(data, phases, example, preset, out, resume, unet, diffusion, train, planes, log):
+    """The ``Run``: configs from the preset and overrides (or from the checkpoint of a run
+    resumed), the data read and checked, the dataset of cubes or 2D patches."""
     out = Path(out)
-    ckpt_path = out / CHECKPOINT
     state = None
     if resume:
-        if not ckpt_path.exists():
-            raise MdiffError(f"--resume: no checkpoint at {ckpt_path}")
-        state = checkpoint.load(ckpt_path)
-        ucfg = from_dict(UNetConfig, state["unet"])
-        dcfg = diffusion_config(state["diffusion"])
-        tcfg = override(from_dict(TrainConfig, state["train"]), {
-            k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
-                                                             "device", "compile")})
-        if tcfg.steps < state["step"]:
-            raise MdiffError(f"--steps {tcfg.steps}: the run in {out} is already at step "
-                             f"{state['step']}; give --steps above that to go on")
+        state, ucfg, dcfg, tcfg = _resumed(out, train)
         example = state["data"]["example"]
         if not data and not planes and not example:
             data = state["data"]["paths"]
@@ -248,50 +296,67 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
         tcfg = override(PRESETS[preset].train, {
             **(PRESETS_2D[preset] if ucfg.dims == 2 else {}),
             **{k: v for k, v in (train or {}).items() if v is not None}})
-    if ucfg.dims == 2 and state is None and (unet or {}).get("condition") is None:
-        ucfg = override(ucfg, {"condition": "none"})  # the presets' default is for 3D runs
-    if ucfg.dims == 2:
-        if state is None and any(tag is not None for tag in tags) and tcfg.augment:
-            tcfg = override(tcfg, {"augment": False})
+        if ucfg.dims == 2 and (unet or {}).get("condition") is None:
+            ucfg = override(ucfg, {"condition": "none"})  # the presets' default is for 3D
+    run = Run(ucfg, dcfg, tcfg, state, None, phase_map, meta, names, list(data), planes,
+              example, preset, out)
+    run.dataset = _dataset(run, arrays, tags, log)
+    return run
+
+
+def _resumed(out, train):
+    """(state, ucfg, dcfg, tcfg) of the run in ``out``, with the overrides a resume takes."""
+    ckpt_path = out / CHECKPOINT
+    if not ckpt_path.exists():
+        raise MdiffError(f"--resume: no checkpoint at {ckpt_path}")
+    state = checkpoint.load(ckpt_path)
+    ucfg = from_dict(UNetConfig, state["unet"])
+    dcfg = diffusion_config(state["diffusion"])
+    tcfg = override(from_dict(TrainConfig, state["train"]), {
+        k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
+                                                         "device", "compile")})
+    if tcfg.steps < state["step"]:
+        raise MdiffError(f"--steps {tcfg.steps}: the run in {out} is already at step "
+                         f"{state['step']}; give --steps above that to go on")
+    return state, ucfg, dcfg, tcfg
+
+
+def _dataset(run, arrays, tags, log):
+    """The dataset of the run (2D patches of a 2D model, else cubes); settles the configs'
+    phases and planes and checks them."""
+    if run.ucfg.dims == 2:
+        if run.state is None and any(tag is not None for tag in tags) and run.tcfg.augment:
+            run.tcfg = override(run.tcfg, {"augment": False})
             log("mdiff-train: images given per orientation: no symmetries (a reflection "
                 "would turn an xz image upside down)")
-        images, n_planes = image_data(arrays, tags, ucfg.planes if state is not None else (
-            3 if not tcfg.augment and any(a.ndim == 3 for a in arrays) else 1), log)
-        ucfg = override(ucfg, {"phases": phase_map.n, "planes": n_planes})
-        _check(ucfg, dcfg, tcfg)
+        images, n_planes = image_data(arrays, tags, run.ucfg.planes if run.state is not None
+                                      else (3 if not run.tcfg.augment
+                                            and any(a.ndim == 3 for a in arrays) else 1), log)
+        run.ucfg = override(run.ucfg, {"phases": run.phase_map.n, "planes": n_planes})
+        _check(run.ucfg, run.dcfg, run.tcfg)
         log(f"mdiff-train: a 2D model on {len(images)} image(s)"
             + (", xy/xz/yz told apart" if n_planes > 1 else "")
             + "; mdiff-sample makes 3D volumes from it by multi-plane denoising")
-        dataset = ImageDataset(images, phase_map, tcfg.patch, tcfg.stride, tcfg.augment)
-    else:
-        ucfg = override(ucfg, {"phases": phase_map.n})
-        _check(ucfg, dcfg, tcfg)
-        dataset = CubeDataset(arrays, phase_map, tcfg.patch, tcfg.stride, tcfg.augment, names)
-    device = resolve_device(tcfg.device)
-    ctx = distributed.setup(device.type)
-    if device.type == "cuda" and ctx.world > 1:
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    if tcfg.batch_size % ctx.world:
-        raise MdiffError(f"--batch-size {tcfg.batch_size} (the effective batch) must be a "
-                         f"multiple of the {ctx.world} processes")
-    per_rank = tcfg.batch_size // ctx.world
-    mine = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+        return ImageDataset(images, run.phase_map, run.tcfg.patch, run.tcfg.stride,
+                            run.tcfg.augment)
+    run.ucfg = override(run.ucfg, {"phases": run.phase_map.n})
+    _check(run.ucfg, run.dcfg, run.tcfg)
+    return CubeDataset(arrays, run.phase_map, run.tcfg.patch, run.tcfg.stride, run.tcfg.augment,
+                       run.names)
 
+
+def build(run, device, ctx, log):
+    """The model, its EMA, the optimiser and grad scaler (restored when resuming), wrapped
+    for data parallelism and compiled as asked: the ``TrainStep``."""
+    ucfg, tcfg = run.ucfg, run.tcfg
     torch.manual_seed(tcfg.seed)
-    model = UNet(ucfg, tcfg.patch, dcfg.self_condition).to(device)
+    model = UNet(ucfg, tcfg.patch, run.dcfg.self_condition).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
-    process = GaussianDiffusion.from_config(dcfg)
     step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        before = state.get("world_size", 1)
+    if run.state is not None:
+        step, before = checkpoint.restore(run.state, model, ema, opt, scaler)
         if before != ctx.world:
             log(f"mdiff-train: resuming with {ctx.world} process(es) where the run had "
                 f"{before}: the same batches, but gradients are summed in another order, so "
@@ -304,124 +369,140 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
         forward = torch.compile(forward)
+    return TrainStep(model, ema, forward, opt, scaler, GaussianDiffusion.from_config(run.dcfg),
+                     tcfg, device, step)
 
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-    static = {"unet": to_dict(ucfg), "diffusion": to_dict(dcfg), "train": to_dict(tcfg),
-              "labels": list(phase_map.labels), "patch": tcfg.patch,
-              "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
-              "unit": meta["unit"],
-              "data": {"paths": [str(Path(p).resolve()) for p in data
-                                 if not isinstance(p, np.ndarray)], "example": example,
-                       "planes": {k: [str(Path(p).resolve()) for p in v
-                                      if not isinstance(p, np.ndarray)]
-                                  for k, v in (planes or {}).items() if v}}}
+
+def _static(run):
+    """What every checkpoint of the run records besides the weights: configs, labels, patch,
+    voxel size, the data's paths."""
+    meta, data, planes = run.meta, run.data, run.planes
+    return {"unet": to_dict(run.ucfg), "diffusion": to_dict(run.dcfg),
+            "train": to_dict(run.tcfg), "labels": list(run.phase_map.labels),
+            "patch": run.tcfg.patch,
+            "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
+            "unit": meta["unit"],
+            "data": {"paths": [str(Path(p).resolve()) for p in data
+                               if not isinstance(p, np.ndarray)], "example": run.example,
+                     "planes": {k: [str(Path(p).resolve()) for p in v
+                                    if not isinstance(p, np.ndarray)]
+                                for k, v in (planes or {}).items() if v}}}
+
+
+def _recorded(run):
+    """What sampling reads of the training data: a 2D model's images' composition (held in
+    multi-plane sampling), a conditioned model's training cubes' descriptors (drawn from)."""
+    recorded = {}
+    if run.ucfg.dims == 2:
+        counts = np.array([run.meta["label_counts"][label] for label in run.phase_map.labels],
+                          float)
+        recorded["image_fractions"] = torch.tensor(counts / counts.sum(), dtype=torch.float32)
+    if run.ucfg.condition != "none":
+        recorded["descriptors"] = {"kind": run.ucfg.condition, "values": torch.from_numpy(
+            descriptors.training_distribution(run.dataset, run.ucfg.condition))}
+    return recorded
+
+
+def _loop(run, trainer, ctx, log):
+    """Steps until ``tcfg.steps``, with progress lines, the loss log, saves, the NaN guard
+    and Ctrl-C (which says what is saved and how to go on); returns the checkpoint path."""
+    tcfg, out, device = run.tcfg, run.out, trainer.device
+    ckpt_path = out / CHECKPOINT
+    static, recorded = _static(run), _recorded(run)
     loss_log = out / "loss.jsonl"
     if ctx.main:
-        (out / "config.json").write_text(json.dumps({**static, "preset": preset}, indent=2)
-                                         + "\n")
-        _truncate_log(loss_log, step)
-
-    saved = [None if state is None else state["step"]]  # the step the checkpoint holds
-    recorded = {}
-    if ucfg.dims == 2:  # the composition multi-plane sampling holds its volumes to
-        counts = np.array([meta["label_counts"][label] for label in phase_map.labels], float)
-        recorded["image_fractions"] = torch.tensor(counts / counts.sum(), dtype=torch.float32)
-    if ucfg.condition != "none":  # what sampling draws each volume's descriptors from
-        recorded["descriptors"] = {"kind": ucfg.condition, "values": torch.from_numpy(
-            descriptors.training_distribution(dataset))}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**static, "preset": run.preset},
+                                                    indent=2) + "\n")
+        _truncate_log(loss_log, trainer.step)
+    saved = [None if run.state is None else run.state["step"]]  # the step the file holds
 
     def save(loss):
         """Rank 0 writes; the others wait for it at the barrier."""
         if ctx.main:
-            checkpoint.save(ckpt_path, {
-                **static, **recorded, "step": step, "seed": tcfg.seed, "loss": loss,
-                "world_size": ctx.world, "effective_batch": tcfg.batch_size,
-                "model": model.state_dict(), "ema": ema.state_dict(),
-                "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})
-        saved[0] = step
+            checkpoint.save(ckpt_path, checkpoint.training_state(
+                static, recorded, trainer.step, tcfg.seed, loss, ctx.world, tcfg.batch_size,
+                trainer.model, trainer.ema, trainer.optimizer, trainer.scaler))
+        saved[0] = trainer.step
         distributed.barrier()
 
-    params = list(model.parameters())
-    ema_params = list(ema.parameters())
-    n_params = sum(p.numel() for p in params)
-    log(f"mdiff-train: {n_params / 1e6:.2f} M parameters, {len(dataset) or 'random'} "
-        + (f"patches of {tcfg.patch}^2" if ucfg.dims == 2 else f"cubes of {tcfg.patch}^3")
-        + f" from {', '.join(names)}, labels {list(phase_map.labels)}, "
-        f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; batch "
-        f"{tcfg.batch_size}" + (f" over {ctx.world} processes" if ctx.world > 1 else "")
-        + f"; steps {step} -> {tcfg.steps}; run dir {out}")
+    log(_opening_line(run, trainer, device, ctx))
     busy = device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-train")
     if busy:
         log(busy)
-    model.train()
-    running = torch.zeros((), device=device)
-    window, last_loss = 0, None
-    t_window = time.perf_counter()
-    voxels = tcfg.batch_size * tcfg.patch ** ucfg.dims
+    per_rank = tcfg.batch_size // ctx.world
+    mine = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+    meter = _Meter(run, loss_log if ctx.main else None, log)
+    trainer.model.train()
     try:
-        while step < tcfg.steps:
-            torch.manual_seed(_step_seed(tcfg.seed, step) + ctx.rank)  # dropout
-            x_start, t, noise, coin, planes_of = _draws(dataset, process.num_timesteps, tcfg.seed,
-                                                        step, mine, device)
-            model_fn = forward
-            if ucfg.planes > 1:
-                model_fn = functools.partial(forward, plane=planes_of)
-            if ucfg.condition != "none":
-                keep = torch.tensor([np.random.default_rng([tcfg.seed, step, i, 1]).random()
-                                     >= tcfg.cond_drop for i in mine])
-                model_fn = functools.partial(forward, cond=descriptors.condition(
-                    descriptors.fractions(x_start), keep))
-            for group in opt.param_groups:
-                group["lr"] = _lr(tcfg, step)
-            with autocast(device, tcfg.precision):
-                loss = process.training_losses(model_fn, x_start, t, noise, coin).mean()
-            scaler.scale(loss).backward()
-            if tcfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - tcfg.ema_decay)
-            running += loss.detach().float()
-            window += 1
-            step += 1
+        while trainer.step < tcfg.steps:
+            torch.manual_seed(_step_seed(tcfg.seed, trainer.step) + ctx.rank)  # dropout
+            batch = draw_batch(run, trainer.process.num_timesteps, trainer.step, mine, device)
+            meter.add(trainer(batch))
+            step = trainer.step
             if step % tcfg.log_every == 0 or step % tcfg.save_every == 0 or step == tcfg.steps:
-                mean = distributed.mean(running).item() / window  # every rank sees a NaN
-                if not math.isfinite(mean):
-                    raise MdiffError(
-                        f"the loss became {mean} by step {step}; stopped without saving, so "
-                        f"{ckpt_path} still holds the last good state. Try a lower --lr, "
-                        "--precision fp32 or --grad-clip 1")
-                elapsed = time.perf_counter() - t_window
-                rate = window / elapsed
-                log(f"step {step:>7}/{tcfg.steps}  loss {mean:.5f}  lr {_lr(tcfg, step - 1):.2e}  "
-                    f"{rate:.2f} steps/s  {rate * voxels / 1e6:.2f} Mvox/s  "
-                    f"ETA {_duration((tcfg.steps - step) / rate)}")
-                if ctx.main:
-                    with open(loss_log, "a") as f:
-                        f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
-                                            "steps_per_s": rate, "processes": ctx.world}) + "\n")
-                last_loss = mean
-                running.zero_()
-                window = 0
-                t_window = time.perf_counter()
+                loss = meter.report(step, ckpt_path)
                 if step % tcfg.save_every == 0 or step == tcfg.steps:
-                    save(last_loss)
+                    save(loss)
     except KeyboardInterrupt:
         held = (f"{ckpt_path} holds step {saved[0]}" if saved[0] is not None
                 else "no checkpoint was saved yet")
         raise TrainingInterrupted(
-            f"interrupted at step {step}; {held}"
+            f"interrupted at step {trainer.step}; {held}"
             + (f"; go on with: mdiff-train --resume --out {out}" if saved[0] is not None
                else "")) from None
-    if state is not None and step == state["step"]:
-        log(f"mdiff-train: {ckpt_path} is already at step {step}; raise --steps to go on")
-    log(f"mdiff-train: checkpoint {ckpt_path} (step {step})")
-    distributed.cleanup()
+    if run.state is not None and trainer.step == run.state["step"]:
+        log(f"mdiff-train: {ckpt_path} is already at step {trainer.step}; raise --steps to go on")
+    log(f"mdiff-train: checkpoint {ckpt_path} (step {trainer.step})")
     return ckpt_path
+
+
+def _opening_line(run, trainer, device, ctx):
+    tcfg, ucfg = run.tcfg, run.ucfg
+    n_params = sum(p.numel() for p in trainer.params)
+    return (f"mdiff-train: {n_params / 1e6:.2f} M parameters, {len(run.dataset) or 'random'} "
+            + (f"patches of {tcfg.patch}^2" if ucfg.dims == 2 else f"cubes of {tcfg.patch}^3")
+            + f" from {', '.join(run.names)}, labels {list(run.phase_map.labels)}, "
+            f"{device}, {tcfg.precision}{', compiled' if tcfg.compile else ''}; batch "
+            f"{tcfg.batch_size}" + (f" over {ctx.world} processes" if ctx.world > 1 else "")
+            + f"; steps {trainer.step} -> {tcfg.steps}; run dir {run.out}")
+
+
+class _Meter:
+    """The running loss of the steps since the last line; each line's rate, ETA and log row."""
+
+    def __init__(self, run, loss_log, log):
+        self.tcfg, self.loss_log, self.log = run.tcfg, loss_log, log
+        self.voxels = run.tcfg.batch_size * run.tcfg.patch ** run.ucfg.dims
+        self.running = None
+        self.window, self.started = 0, time.perf_counter()
+
+    def add(self, loss):
+        self.running = loss.float() if self.running is None else self.running + loss.float()
+        self.window += 1
+
+    def report(self, step, ckpt_path):
+        """The mean loss since the last report (over the processes), logged; MdiffError for
+        a loss that is no longer finite (nothing saved: the checkpoint keeps the last good
+        state)."""
+        tcfg = self.tcfg
+        mean = distributed.mean(self.running).item() / self.window  # every rank sees a NaN
+        if not math.isfinite(mean):
+            raise MdiffError(
+                f"the loss became {mean} by step {step}; stopped without saving, so "
+                f"{ckpt_path} still holds the last good state. Try a lower --lr, "
+                "--precision fp32 or --grad-clip 1")
+        rate = self.window / (time.perf_counter() - self.started)
+        self.log(f"step {step:>7}/{tcfg.steps}  loss {mean:.5f}  lr {_lr(tcfg, step - 1):.2e}  "
+                 f"{rate:.2f} steps/s  {rate * self.voxels / 1e6:.2f} Mvox/s  "
+                 f"ETA {_duration((tcfg.steps - step) / rate)}")
+        if self.loss_log is not None:
+            with open(self.loss_log, "a") as f:
+                f.write(json.dumps({"step": step, "loss": mean, "lr": _lr(tcfg, step - 1),
+                                    "steps_per_s": rate,
+                                    "processes": distributed.context().world}) + "\n")
+        self.running, self.window, self.started = None, 0, time.perf_counter()
+        return mean
 
 
 def _worker(kwargs):
@@ -443,8 +524,8 @@ def _check(ucfg, dcfg, tcfg):
     if dcfg.objective not in OBJECTIVES:
         raise MdiffError(f"--objective must be one of {', '.join(OBJECTIVES)}, "
                          f"got {dcfg.objective!r}")
-    if ucfg.condition not in descriptors.KINDS:
-        raise MdiffError(f"--condition must be one of {', '.join(descriptors.KINDS)}, "
+    if ucfg.condition not in descriptors.kinds():
+        raise MdiffError(f"--condition must be one of {', '.join(descriptors.kinds())}, "
                          f"got {ucfg.condition!r}")
     if ucfg.dims not in (2, 3):
         raise MdiffError(f"--dims must be 2 or 3, got {ucfg.dims}")

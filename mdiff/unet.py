@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import descriptors
 from .config import UNetConfig
 
 
@@ -164,11 +165,13 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
                                         nn.Linear(emb_dim, emb_dim))
         self.cond_embed = None
-        if cfg.condition == "fractions":
-            # each fraction through the sinusoidal embedding of the timesteps (at φ·1000, so
-            # that differences of 0.01 are resolved), plus the "given" flag; zero-initialised
-            # output: training starts from the unconditional model
-            self.cond_embed = nn.Sequential(nn.Linear(cfg.phases * ch + 1, emb_dim), nn.SiLU(),
+        self.cond_size = 0
+        if cfg.condition != "none":
+            # each descriptor value through the sinusoidal embedding of the timesteps (at
+            # value·1000, so that differences of 0.01 are resolved), plus the "given" flag;
+            # zero-initialised output: training starts from the unconditional model
+            self.cond_size = descriptors.size(cfg.condition, cfg.phases)
+            self.cond_embed = nn.Sequential(nn.Linear(self.cond_size * ch + 1, emb_dim), nn.SiLU(),
                                             zero(nn.Linear(emb_dim, emb_dim)))
         self.mean_embed = None
         if cfg.mean_input:  # zero-initialised too: training starts from the plain model
@@ -250,7 +253,7 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x, t, x_self=None, cond=None, plane=None):
-        """``cond``: (N, phases + 1) condition of ``mdiff.descriptors`` (None: unconditional);
+        """``cond``: (N, k + 1) condition of ``mdiff.descriptors`` (None: unconditional);
         ``plane``: (N,) or one index of the plane each image lies in (0 xy, 1 xz, 2 yz), for a
         model with ``cfg.planes`` > 1."""
         ch = self.cfg.base_channels
@@ -263,7 +266,7 @@ class UNet(nn.Module):
             emb = emb + self.planes(plane)
         if self.cond_embed is not None:
             if cond is None:
-                cond = torch.zeros(len(x), self.cfg.phases + 1, device=x.device)
+                cond = torch.zeros(len(x), self.cond_size + 1, device=x.device)
             values, flag = cond[:, :-1], cond[:, -1:]
             feats = timestep_embedding(values.reshape(-1) * 1000, ch).reshape(len(x), -1)
             emb = emb + self.cond_embed(torch.cat([feats * flag, flag], dim=1))
