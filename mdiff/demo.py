@@ -6,7 +6,8 @@ from pathlib import Path
 from . import synth
 from .config import PRESETS
 from .errors import MdiffError
-from .evaluate import describe_cubes, format_markdown, grid_cubes, judge, plot_result, verdict_line
+from .evaluate import (describe_cubes, format_markdown, grid_cubes, judge, plot_result,
+                       plot_slices, verdict_line)
 from .io import write_volume
 from .phases import PhaseMap
 from .sampling import sample_to_dir
@@ -63,8 +64,10 @@ def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto
     (out / "comparison.json").write_text(json.dumps(result) + "\n")
     print(text)
     plotted = plot_result(out / "comparison.png", result)
+    plot_slices(out / "slices.png", {"real (the example)": real[:4], "generated": generated[:4]},
+                phase_map.labels)
     wrote = f"{out / 'comparison.md'}, comparison.json" + (
-        f" and {out / 'comparison.png'}" if plotted else
+        f", {out / 'comparison.png'} and slices.png" if plotted else
         " (no plot without matplotlib: pip install matplotlib)")
     _say(f"Wrote {wrote}; samples in {out / 'samples'}. {verdict_line(result)}. A "
          f"{steps}-step CPU run already has the structure's "

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import figures as figure_table
 from .errors import MdiffError, compiled_kernels
 from .io import check_volume
 from .phases import PhaseMap
@@ -253,6 +254,9 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
             "euler_density": chi / n_vox / scale**3,
             "s2": {axis: [float(x) for x in s2[i, k]] for k, axis in enumerate("zyx")},
         })
+    for key, values in figure_table.measured(volume, phase_map, periodic).items():
+        for phase, v in zip(phases, values):  # the table's rows that bring their own measure
+            phase[key] = v
     entry = {
         "path": None if path is None else str(path),
         "shape": [int(s) for s in volume.shape],

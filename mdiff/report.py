@@ -13,53 +13,24 @@ import numpy as np
 from . import metrics
 from ._version import __version__
 from .errors import MdiffError
+from .figures import FIGURES, of_phase, table
+from .grid import grid_cubes
 from .io import read_volume
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
-from .stats import compare_values, effect_size
-
-# (key in a phase entry, short name for tables, format)
-FIGURES = [
-    ("volume_fraction", "phi", "{:.4f}"),
-    ("specific_surface_area", "S_V", "{:.4g}"),
-    ("specific_surface_area_faces", "S_V faces", "{:.4g}"),
-    ("euler_density", "chi_V", "{:.3e}"),
-]
-
-
-# transport figures compared between sets of cubes: per cube the mean over the axes z, y, x
-# (finite, unlike τ, which is ∞ where nothing percolates)
-TRANSPORT_FIGURES = [
-    ("percolating_fraction", "perc.", "{:.4f}"),
-    ("effective_diffusivity", "D_eff/D", "{:.4g}"),
-]
-
-
-def figures(phase):
-    """The (key, short name, format) rows of a phase entry: FIGURES, and the transport
-    figures when the entry has them."""
-    return FIGURES + (TRANSPORT_FIGURES if "transport" in phase else [])
-
-
-def summary_figures(row):
-    """The figure rows present in a ``summarise`` row (transport only when measured)."""
-    return [f for f in FIGURES + TRANSPORT_FIGURES if f[0] in row]
-
+from .stats import effect_size
 
 def value(phase, key):
-    """A figure of a phase entry; transport figures as their mean over the axes (an absent
-    phase percolates nowhere: 0)."""
-    if key in phase:
-        return phase[key]
-    return float(np.mean([t[key] or 0.0 for t in phase["transport"].values()]))
+    """A figure of a phase entry (``figures.Figure.value``; a figure outside the table is
+    read as it is)."""
+    row = FIGURES.get(key)
+    return row.value(phase) if row is not None else phase[key]
 
 
 def subvolumes(volume, size):
     """Views (no copies) of the non-overlapping size³ cubes that fit in the volume."""
-    counts = [n // size for n in volume.shape]
-    if min(counts) == 0:
+    if min(volume.shape) < size:
         raise MdiffError(f"--subvolume {size} is larger than the volume {volume.shape}")
-    return [volume[a * size:(a + 1) * size, b * size:(b + 1) * size, c * size:(c + 1) * size]
-            for a in range(counts[0]) for b in range(counts[1]) for c in range(counts[2])]
+    return grid_cubes(volume, size)
 
 
 def summarise(entries):
@@ -68,8 +39,8 @@ def summarise(entries):
     out = {"count": len(entries), "phases": []}
     for i, phase in enumerate(entries[0]["phases"]):
         row = {"label": phase["label"]}
-        for key, _, _ in figures(phase):
-            row[key] = _mean_std([value(e["phases"][i], key) for e in entries])
+        for f in of_phase(phase):
+            row[f.key] = _mean_std([f.value(e["phases"][i]) for e in entries])
         if "transport" in phase:
             row["effective_diffusivity_axes"] = {
                 axis: _mean_std([e["phases"][i]["transport"][axis]["effective_diffusivity"]
@@ -149,15 +120,19 @@ TRANSPORT_KEYS = ("percolating_fraction", "isolated_fraction", "effective_diffus
 def compare(ref, other, subvolume=None):
     """Per phase and figure: reference, value, relative difference (and effect size d)."""
     out = {"path": other["path"], "reference": ref["path"], "phases": []}
-    for rp, op in zip(ref["phases"], other["phases"]):
+    if subvolume:  # the sub-volumes as two sets of cubes: the one comparison of sets
+        from .verdict import compare_sets
+
+        sets = compare_sets(ref["subvolumes"], other["subvolumes"])
+    for i, (rp, op) in enumerate(zip(ref["phases"], other["phases"])):
         row = {"label": rp["label"]}
-        for key, _, _ in FIGURES:
+        for key in (f.key for f in table()):
             cell = {"reference": rp[key], "value": op[key],
                     "relative_difference": _relative(op[key], rp[key])}
             if subvolume:
-                rs = ref["subvolumes"]["phases"][len(out["phases"])][key]
-                os_ = other["subvolumes"]["phases"][len(out["phases"])][key]
-                cell.update(compare_values(rs["values"], os_["values"]),
+                rs = ref["subvolumes"]["phases"][i][key]
+                os_ = other["subvolumes"]["phases"][i][key]
+                cell.update(sets["phases"][i][key],
                             relative_difference_of_means=_relative(os_["mean"], rs["mean"]))
             row[key] = cell
         row["s2_mean_abs_difference"] = {
@@ -207,7 +182,8 @@ def format_report(result):
     lines.append(head)
     lines.append("-" * len(head))
     for i, phase in enumerate(vols[0]["phases"]):
-        for key, short, fmt in FIGURES + [("chi", "chi", "{:d}")]:
+        for key, short, fmt in [(f.key, f.short, f.fmt) for f in table()] + [
+                ("chi", "chi", "{:d}")]:
             cells = []
             for j, v in enumerate(vols):
                 p = v["phases"][i]
@@ -294,7 +270,7 @@ def _format_subvolumes(result):
              f"({', '.join(str(v['subvolumes']['count']) for v in vols)} cubes); "
              "d = |mean - mean_ref| / std_ref"]
     for i, phase in enumerate(vols[0]["subvolumes"]["phases"]):
-        for key, short, fmt in summary_figures(phase):
+        for key, short, fmt in ((f.key, f.short, f.fmt) for f in of_phase(phase)):
             cells = []
             r = phase[key]
             for j, v in enumerate(vols):
@@ -365,7 +341,7 @@ def plot(result, path):
     for k in range(n, axes.shape[1]):
         axes[0, k].axis("off")
     if sub:
-        for k, (key, short, _) in enumerate(FIGURES[:2] + FIGURES[3:]):
+        for k, (key, short) in enumerate((f.key, f.short) for f in table(judged=True)):
             ax = axes[1, k]
             for j, v in enumerate(vols):
                 for i in range(n):
@@ -375,7 +351,7 @@ def plot(result, path):
             ax.set_xticks(range(n), [str(p["label"]) for p in vols[0]["phases"]])
             ax.set_title(f"{short} per sub-volume (mean ± std)")
         axes[1, 0].legend(fontsize=7)
-        for k in range(3, axes.shape[1]):
+        for k in range(len(table(judged=True)), axes.shape[1]):
             axes[1, k].axis("off")
     if moves:
         _plot_transport(axes[rows - 1], vols)
