@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from ._version import __version__
 from .errors import MdiffError
@@ -102,7 +103,7 @@ def _set_threads(threads):
 # ---------------------------------------------------------------------------------------------
 
 
-def train_main(argv=None):
+def _train_parser():
     from .config import PRESETS
 
     parser = _parser("mdiff-train", "Train a 3D denoising diffusion model on segmented volumes "
@@ -147,6 +148,12 @@ def train_main(argv=None):
                   skip=("phases", "planes"))
     _config_flags(parser, PRESETS, "diffusion", "diffusion")
     _config_flags(parser, PRESETS, "train", "training")
+
+    return parser
+
+
+def train_main(argv=None):
+    parser = _train_parser()
 
     def body(args):
         from .training import train
@@ -275,7 +282,7 @@ def metrics_main(argv=None):
     return _run("mdiff-metrics", parser, body, argv)
 
 
-def evaluate_main(argv=None):
+def _evaluate_parser():
     parser = _parser("mdiff-evaluate", "Judge generated volumes (from mdiff or any other "
                      "generator) against real cubes of the same size, on the distribution of "
                      "their per-cube figures: effect size, spread ratio, Wasserstein-1 and "
@@ -330,11 +337,14 @@ def evaluate_main(argv=None):
     parser.add_argument("--plot", metavar="FILE.png",
                         help="write the figure (S2 with the real band, per-cube box plots)")
 
-    def body(args):
-        from pathlib import Path
+    return parser
 
+
+def evaluate_main(argv=None):
+    parser = _evaluate_parser()
+
+    def body(args):
         from . import evaluate
-        from .io import atomic_path
 
         if args.size is not None and args.size < 4:
             raise MdiffError("--size must be at least 4")
@@ -366,24 +376,29 @@ def evaluate_main(argv=None):
         if args.plot:
             evaluate.plot_result(args.plot, result)
         if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            for name, content in (("report.md", f"`{result['command']}`\n\n{text}\n"),
-                                  ("report.json", json.dumps(result, indent=1,
-                                                             allow_nan=False) + "\n")):
-                with atomic_path(out / name) as tmp:
-                    Path(tmp).write_text(content)
-            if not evaluate.plot_result(out / "report.png", result):
-                print("mdiff-evaluate: no report.png without matplotlib "
-                      "(pip install 'mdiff[plot]')", file=sys.stderr)
+            _write_report(Path(args.out), result, text)
 
     return _run("mdiff-evaluate", parser, body, argv)
 
 
+def _write_report(out, result, text):
+    """report.md, report.json and report.png in ``out`` (slices.png is written with the
+    measurement), each atomically."""
+    from . import evaluate
+    from .io import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in (("report.md", f"`{result['command']}`\n\n{text}\n"),
+                          ("report.json", json.dumps(result, indent=1, allow_nan=False) + "\n")):
+        with atomic_path(out / name) as tmp:
+            Path(tmp).write_text(content)
+    if not evaluate.plot_result(out / "report.png", result):
+        print("mdiff-evaluate: no report.png without matplotlib (pip install 'mdiff[plot]')",
+              file=sys.stderr)
+
+
 def _check_plot_target(path):
     """Before any work: matplotlib is there and the figure's folder exists (one line if not)."""
-    from pathlib import Path
-
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -208,17 +208,25 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
                   near=None if near is None else {"fractions": list(near), "tolerance": near_tol},
                   inputs=inputs,
                   mapping=None if mapping is None else {str(k): v for k, v in mapping.items()})
+    _memorisation_and_slices(result, train_volume, training, kept, real_cubes, phase_map,
+                             size, memorisation_cubes, slices, log)
+    return result
+
+
+def _memorisation_and_slices(result, train_volume, training, kept, real_cubes, phase_map,
+                             size, memorisation_cubes, slices, log):
+    """What comes after the verdict: memorisation against the training volume, and the
+    picture of real and generated slices (all is measured: its folder may be made now)."""
     if train_volume is not None:
         result["memorisation"] = memorisation(
             train_volume, {k: v[:memorisation_cubes] for k, v in kept.items()},
             real_cubes[:memorisation_cubes], phase_map, size, str(training), log=log)
-    if slices is not None:  # all is measured and judged: the picture's folder may be made
+    if slices is not None:
         Path(slices).parent.mkdir(parents=True, exist_ok=True)
         if not plot_slices(slices, {"real": real_cubes[:4],
                                     **{k: v[:4] for k, v in kept.items()}}, phase_map.labels):
             log("mdiff-evaluate: no slices picture without matplotlib (pip install "
                 "'mdiff[plot]')")
-    return result
 
 
 def _real_cubes(real_path, real_region, size):

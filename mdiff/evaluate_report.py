@@ -86,19 +86,7 @@ def plot_result(path, result):
     cols = max(len(labels), len(keys), 3)
     rows = 2 + moves
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.5 * rows), squeeze=False)
-    band = result["s2_band"]
-    for i, label in enumerate(labels):
-        ax = axes[0, i]
-        lo, hi = band["phases"][str(label)]["lo"], band["phases"][str(label)]["hi"]
-        ax.fill_between(range(len(lo)), lo, hi, color="0.8",
-                        label=f"real, {band['cubes']}-cube parts")
-        for j, (name, summ) in enumerate(sets.items()):
-            curve = np.mean([summ["phases"][i]["s2"][a] for a in "zyx"], axis=0)
-            ax.plot(curve, color="k" if j == 0 else f"C{j - 1}", lw=2 if j == 0 else 1.3,
-                    label=_short(name))
-        ax.set_title(f"S2 (mean of z, y, x), label {label}")
-        ax.set_xlabel("r (voxels)")
-    axes[0, 0].legend(fontsize=7)
+    _plot_s2(axes[0], result["s2_band"], labels, sets)
     width = 0.8 / len(sets)
     for k, (key, short) in enumerate(keys):
         ax = axes[1, k]
@@ -132,6 +120,22 @@ def plot_result(path, result):
     _save_figure(fig, path)
     plt.close(fig)
     return True
+
+
+def _plot_s2(axes, band, labels, sets):
+    """One panel per phase: the real band of half-sets and every set's mean S2 curve."""
+    for i, label in enumerate(labels):
+        ax = axes[i]
+        lo, hi = band["phases"][str(label)]["lo"], band["phases"][str(label)]["hi"]
+        ax.fill_between(range(len(lo)), lo, hi, color="0.8",
+                        label=f"real, {band['cubes']}-cube parts")
+        for j, (name, summ) in enumerate(sets.items()):
+            curve = np.mean([summ["phases"][i]["s2"][a] for a in "zyx"], axis=0)
+            ax.plot(curve, color="k" if j == 0 else f"C{j - 1}", lw=2 if j == 0 else 1.3,
+                    label=_short(name))
+        ax.set_title(f"S2 (mean of z, y, x), label {label}")
+        ax.set_xlabel("r (voxels)")
+    axes[0].legend(fontsize=7)
 
 
 def _short(name, width=28):

@@ -218,6 +218,17 @@ def two_point_correlation(mask, r_max, periodic=False):
 # Whole report
 
 
+def _add_transport(phases, volume, phase_map, tol, device, log):
+    """Each phase entry's "transport": per axis its figures, τ = ∞ as None (JSON)."""
+    from . import transport as tr
+
+    tol = tr.DEFAULT_TOL if tol is None else tol
+    for phase, per_axis in zip(phases, tr.transport(volume, phase_map, tol=tol, device=device,
+                                                    log=log)):
+        phase["transport"] = {axis: {k: (None if v == math.inf else v) for k, v in f.items()}
+                              for axis, f in per_axis.items()}
+
+
 def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=None, path=None,
              threads=None, transport=False, transport_tol=None, device="cpu", log=None):
     """All figures of every phase: one entry of the ``volumes`` list of ``mdiff-metrics --json``.
@@ -266,13 +277,7 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     if voxel_size is not None:
         entry["voxel_size"] = scale
     if transport:
-        from . import transport as tr
-
-        tol = tr.DEFAULT_TOL if transport_tol is None else transport_tol
-        for phase, figures in zip(phases, tr.transport(volume, phase_map, tol=tol,
-                                                       device=device, log=log)):
-            phase["transport"] = {axis: {k: (None if v == math.inf else v)
-                                         for k, v in f.items()} for axis, f in figures.items()}
+        _add_transport(phases, volume, phase_map, transport_tol, device, log)
     if triples is not None:
         entry["tpb_density_per_triple"] = {
             "-".join(str(phase_map.labels[x]) for x in (i, j, k)): int(triples[i, j, k]) / n_vox

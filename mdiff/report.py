@@ -182,17 +182,7 @@ def format_report(result):
     lines.append(head)
     lines.append("-" * len(head))
     for i, phase in enumerate(vols[0]["phases"]):
-        for key, short, fmt in [(f.key, f.short, f.fmt) for f in table()] + [
-                ("chi", "chi", "{:d}")]:
-            cells = []
-            for j, v in enumerate(vols):
-                p = v["phases"][i]
-                value = p["euler"]["chi"] if key == "chi" else p[key]
-                ref = phase["euler"]["chi"] if key == "chi" else phase[key]
-                text = fmt.format(value)
-                cells.append(f"{text:>{w}}" + ("" if j == 0 else
-                                              f" {_pct(_relative(value, ref)):>8}"))
-            lines.append(f"{short:<10} {phase['label']:>5}  " + "  ".join(cells))
+        lines += _phase_rows(vols, i, w)
         if "transport" in phase:
             lines += _transport_rows(vols, i, w)
         lines.append("")
@@ -235,6 +225,21 @@ def format_report(result):
             "(TauFactor's convention, inf: no path). Solved by preconditioned CG to a flux "
             f"spread of {t['tolerance']:g} on {t['device']}; * = not converged to it.")
     return "\n".join(lines)
+
+
+def _phase_rows(vols, i, w=14):
+    """Every figure of the table and χ of phase i in every volume, with differences."""
+    phase, lines = vols[0]["phases"][i], []
+    for key, short, fmt in [(f.key, f.short, f.fmt) for f in table()] + [("chi", "chi", "{:d}")]:
+        cells = []
+        for j, v in enumerate(vols):
+            p = v["phases"][i]
+            value = p["euler"]["chi"] if key == "chi" else p[key]
+            ref = phase["euler"]["chi"] if key == "chi" else phase[key]
+            cells.append(f"{fmt.format(value):>{w}}" + ("" if j == 0 else
+                                                        f" {_pct(_relative(value, ref)):>8}"))
+        lines.append(f"{short:<10} {phase['label']:>5}  " + "  ".join(cells))
+    return lines
 
 
 def _transport_rows(vols, i, w=14):

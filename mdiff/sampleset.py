@@ -36,17 +36,8 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     ``SampleRequest``); returns the paths."""
     from .sampling import load
 
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
-    ctx = distributed.context()
-    if ctx.world > 1:
-        if request.seed is None:
-            raise MdiffError("give a --seed when sampling with several processes")
-        kind = resolve_device(device).type
-        distributed.setup(kind)
-        device = f"cuda:{ctx.local_rank}" if kind == "cuda" else "cpu"
-        if not ctx.main:
-            log = lambda text: None  # noqa: E731
+    ctx, device, log = _processes(request, device, log)
     n = int(request.count)
     if n < 1:
         raise MdiffError(f"-n {n}: nothing to generate; give at least 1 volume")
@@ -92,6 +83,22 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     partial.rmdir()
     log(f"mdiff-sample: wrote {n} volume(s) to {out_dir} in {info['seconds']:.1f} s")
     return paths
+
+
+def _processes(request, device, log):
+    """(context, device, log) of this process: under torchrun it joins the group, takes its
+    GPU, and only rank 0 logs."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    ctx = distributed.context()
+    if ctx.world > 1:
+        if request.seed is None:
+            raise MdiffError("give a --seed when sampling with several processes")
+        kind = resolve_device(device).type
+        distributed.setup(kind)
+        device = f"cuda:{ctx.local_rank}" if kind == "cuda" else "cpu"
+        if not ctx.main:
+            log = lambda text: None  # noqa: E731
+    return ctx, device, log
 
 
 def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, seconds, files):
