@@ -235,7 +235,8 @@ def metrics_main(argv=None):
                      "correlation, triple-phase boundary density. Several files: the first is "
                      "the reference, the others are compared with it.")
     parser.add_argument("files", nargs="+", metavar="A.tif")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (schema: README, section JSON output)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (schema: docs/metrics.md, JSON output)")
     parser.add_argument("--s2-max", type=int, default=64, metavar="R",
                         help="largest S2 distance, voxels (clipped to the smallest side - 1)")
     parser.add_argument("--boundary", choices=("closed", "periodic"), default="closed",

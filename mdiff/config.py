@@ -32,7 +32,7 @@ class UNetConfig:
                                 "(each phase's volume fraction; sampling draws them from the "
                                 "training cubes, or takes --fractions targets), or none. 3D "
                                 "runs default to fractions (generated sets then vary as the "
-                                "real cubes do; README, Composition), 2D runs to none")
+                                "real cubes do; docs/composition.md), 2D runs to none")
     mean_input: bool = _f(False, "feed each phase channel's mean over the cube of x_t to the "
                                  "time embedding: the cube's composition, a faint offset at "
                                  "high noise that normalisation and local convolutions hardly "
@@ -48,7 +48,7 @@ class DiffusionConfig:
     timesteps: int = _f(1000, "diffusion steps T")
     schedule: str = _f("cosine", "noise schedule: cosine (Nichol & Dhariwal) or linear")
     objective: str = _f("x0", "what the network predicts: x0 (phase logits, cross-entropy; "
-                              "mdiff's default, see README), eps (the paper's Algorithm 1) "
+                              "mdiff's default, see docs/model.md), eps (the paper's Algorithm 1) "
                               "or v (Salimans & Ho 2022)")
     snr_gamma: float = _f(0.0, "min-SNR-gamma loss weight for eps and v (Hang et al. 2023); "
                                "0 = off (plain MSE)")

@@ -71,6 +71,6 @@ def run_demo(out="runs/demo", steps=300, samples=8, preset="small", device="auto
         " (no plot without matplotlib: pip install matplotlib)")
     _say(f"Wrote {wrote}; samples in {out / 'samples'}. {verdict_line(result)}. A "
          f"{steps}-step CPU run already has the structure's "
-         "fractions and feature size roughly right but not converged (the README's fidelity "
-         "section says what 30 minutes reach). Go on with: mdiff-train --resume "
+         "fractions and feature size roughly right but not converged (what 30 minutes reach: "
+         "benchmarks/results/README.md, Fidelity). Go on with: mdiff-train --resume "
          f"--out {out / 'run'} --steps {4 * steps}")

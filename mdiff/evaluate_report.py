@@ -64,7 +64,7 @@ def format_markdown(result, title=None):
     return "\n".join(lines)
 
 
-def plot_result(path, result):
+def plot_result(path, result, dpi=110):
     """PNG of a ``judge`` result: per phase the mean S2 curve of the real cubes with the band
     of real half-sets and every set's curve; box plots of each judged figure's per-cube
     values per phase and set; with transport, D_eff/D per axis. Returns False (writing
@@ -117,7 +117,7 @@ def plot_result(path, result):
             for k in range(used, cols):
                 axes[r, k].axis("off")
     fig.tight_layout()
-    _save_figure(fig, path)
+    _save_figure(fig, path, dpi)
     plt.close(fig)
     return True
 
@@ -143,7 +143,7 @@ def _short(name, width=28):
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
-def plot_slices(path, sets, labels, count=4):
+def plot_slices(path, sets, labels, count=4, dpi=110):
     """PNG of the material itself: the mid-depth z slice of the first ``count`` cubes of each
     set (``sets``: {name: cubes}, the real set first), one row a set, one grey level a phase
     (darkest the first label). People judge a microstructure by looking at it first. Returns
@@ -176,6 +176,6 @@ def plot_slices(path, sets, labels, count=4):
     fig.suptitle(f"mid-depth slices (labels {', '.join(map(str, labels))}: dark to light)",
                  fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
+    _save_figure(fig, path, dpi)
     plt.close(fig)
     return True

@@ -1,4 +1,4 @@
-"""Microstructure metrics of label volumes (README, Metrics): the public API over ``_metrics.pyx``.
+"""Microstructure metrics of label volumes (docs/metrics.md): the public API over ``_metrics.pyx``.
 
 Per phase: volume fraction, Euler counts (V, E, F, C) of the union of closed voxel cubes and
 χ = V − E + F − C (26-connectivity for the phase), specific surface area by face counting and

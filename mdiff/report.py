@@ -383,9 +383,9 @@ def _plot_transport(axes, vols):
         axes[k].axis("off")
 
 
-def _save_figure(fig, path):
+def _save_figure(fig, path, dpi=110):
     from .io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=(str(path).rsplit(".", 1)[-1].lower()
+        fig.savefig(tmp, dpi=dpi, format=(str(path).rsplit(".", 1)[-1].lower()
                                           if "." in str(path) else "png"))
