@@ -106,6 +106,46 @@ def model_record(state, use_ema=True, path=None):
                          f"{exc})") from None
 
 
+def static_record(unet, diffusion, train, labels, voxel_size, unit, paths, example, planes):
+    """What every checkpoint of a run records besides its weights and step: the configs (as
+    plain dicts), the phase labels, the patch side, the voxel size and the training data."""
+    from .config import to_dict
+
+    def resolved(files):
+        return [str(Path(p).resolve()) for p in files if isinstance(p, (str, Path))]
+
+    return {"unet": to_dict(unet), "diffusion": to_dict(diffusion), "train": to_dict(train),
+            "labels": list(labels), "patch": train.patch,
+            "voxel_size": None if voxel_size is None else list(voxel_size), "unit": unit,
+            "data": {"paths": resolved(paths), "example": example,
+                     "planes": {k: resolved(v) for k, v in (planes or {}).items() if v}}}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What resuming a run reads of its checkpoint."""
+
+    unet: object  # UNetConfig
+    diffusion: object  # DiffusionConfig
+    train: object  # TrainConfig
+    step: int
+    labels: tuple
+    paths: list  # the training files (empty for in-memory arrays)
+    planes: dict  # 2D images per orientation, or None
+    example: bool
+
+
+def run_record(state):
+    """The RunRecord of a checkpoint dict written by ``mdiff-train``."""
+    from .config import TrainConfig, UNetConfig, diffusion_config, from_dict
+
+    data = state["data"]
+    return RunRecord(from_dict(UNetConfig, state["unet"]), diffusion_config(state["diffusion"]),
+                     from_dict(TrainConfig, state["train"]), int(state["step"]),
+                     tuple(state["labels"]), list(data["paths"]), data.get("planes"),
+                     bool(data["example"]))
+
+
 def training_state(static, recorded, step, seed, loss, world_size, batch_size, model, ema,
                    optimizer, scaler):
     """The dict ``mdiff-train`` saves: the run's static record (configs, labels, patch, data),

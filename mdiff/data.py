@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import MdiffError
-
+from .grid import grid_starts
 from .phases import one_hot
 
 # the 48 symmetries of the cube: 6 axis permutations × 8 reflections
@@ -52,10 +52,8 @@ class CubeDataset:
         self.stride = stride
         self.augment = augment
         if stride > 0:
-            self.positions = [(i, a, b, c) for i, v in enumerate(volumes)
-                              for a in range(0, v.shape[0] - patch + 1, stride)
-                              for b in range(0, v.shape[1] - patch + 1, stride)
-                              for c in range(0, v.shape[2] - patch + 1, stride)]
+            self.positions = [(i, *start) for i, v in enumerate(volumes)
+                              for start in grid_starts(v.shape, patch, stride)]
 
     def __len__(self):
         return len(self.positions) if self.stride > 0 else 0

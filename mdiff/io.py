@@ -349,28 +349,6 @@ def _write_tiff(tmp, volume, voxel_size, unit):
                      metadata=metadata, **kwargs)
 
 
-def free_memory(device="cpu"):
-    """Bytes free now on ``device`` (a CUDA device's free memory, or the machine's free
-    physical memory), or None where that cannot be told."""
-    try:
-        if str(device).startswith("cuda"):
-            import torch
-
-            return torch.cuda.mem_get_info(torch.device(device))[0]
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(need, device="cpu", advice="", what="this request"):
-    """MdiffError, one line, if ``need`` bytes are more than ``device`` has free: refuse a
-    request up front instead of letting it exhaust memory half-way."""
-    free = free_memory(device)
-    if free is not None and need > free:
-        raise MdiffError(f"{what} needs about {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB "
-                         f"are free on {device}" + (f"; {advice}" if advice else ""))
-
-
 def _first_line(exc):
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, descriptors, distributed, synth
-from .config import (OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, diffusion_config,
-                     from_dict, override, to_dict)
+from .config import OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, override
 from .data import PLANES, CubeDataset, ImageDataset, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
@@ -145,6 +144,7 @@ class Run:
     dcfg: object  # DiffusionConfig
     tcfg: TrainConfig
     state: dict  # the checkpoint resumed from, or None for a new run
+    resumed: object  # its checkpoint.RunRecord, or None
     dataset: object  # CubeDataset or ImageDataset
     phase_map: PhaseMap
     meta: dict
@@ -268,13 +268,12 @@ def prepare(data, phases, example, preset, out, resume, unet, diffusion, train, 
     """The ``Run``: configs from the preset and overrides (or from the checkpoint of a run
     resumed), the data read and checked, the dataset of cubes or 2D patches."""
     out = Path(out)
-    state = None
+    state = record = None
     if resume:
-        state, ucfg, dcfg, tcfg = _resumed(out, train)
-        example = state["data"]["example"]
+        state, record, tcfg = _resumed(out, train)
+        ucfg, dcfg, example = record.unet, record.diffusion, record.example
         if not data and not planes and not example:
-            data = state["data"]["paths"]
-            planes = state["data"].get("planes")
+            data, planes = record.paths, record.planes
             if not data and not planes:
                 raise MdiffError("--resume: this run was trained on in-memory arrays; pass "
                                  "them again as data")
@@ -284,9 +283,9 @@ def prepare(data, phases, example, preset, out, resume, unet, diffusion, train, 
         ucfg, dcfg = override(PRESETS[preset].unet, unet or {}), override(
             PRESETS[preset].diffusion, diffusion or {})
     arrays, phase_map, meta, names, tags = load_volumes(list(data), phases, example, planes)
-    if state is not None and tuple(state["labels"]) != phase_map.labels:
+    if record is not None and record.labels != phase_map.labels:
         raise MdiffError(f"--resume: the data's labels {list(phase_map.labels)} differ from the "
-                         f"checkpoint's {state['labels']}")
+                         f"checkpoint's {list(record.labels)}")
     if any(a.ndim == 2 for a in arrays) and ucfg.dims == 3:
         if state is not None or (unet or {}).get("dims") == 3:
             raise MdiffError("2D images train a 2D model (--dims 2); this run is 3D: give 3D "
@@ -298,27 +297,27 @@ def prepare(data, phases, example, preset, out, resume, unet, diffusion, train, 
             **{k: v for k, v in (train or {}).items() if v is not None}})
         if ucfg.dims == 2 and (unet or {}).get("condition") is None:
             ucfg = override(ucfg, {"condition": "none"})  # the presets' default is for 3D
-    run = Run(ucfg, dcfg, tcfg, state, None, phase_map, meta, names, list(data), planes,
+    run = Run(ucfg, dcfg, tcfg, state, record, None, phase_map, meta, names, list(data), planes,
               example, preset, out)
     run.dataset = _dataset(run, arrays, tags, log)
     return run
 
 
 def _resumed(out, train):
-    """(state, ucfg, dcfg, tcfg) of the run in ``out``, with the overrides a resume takes."""
+    """(state, its RunRecord, the training config with the overrides a resume takes) of the
+    run in ``out``."""
     ckpt_path = out / CHECKPOINT
     if not ckpt_path.exists():
         raise MdiffError(f"--resume: no checkpoint at {ckpt_path}")
     state = checkpoint.load(ckpt_path)
-    ucfg = from_dict(UNetConfig, state["unet"])
-    dcfg = diffusion_config(state["diffusion"])
-    tcfg = override(from_dict(TrainConfig, state["train"]), {
+    record = checkpoint.run_record(state)
+    tcfg = override(record.train, {
         k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
                                                          "device", "compile")})
-    if tcfg.steps < state["step"]:
+    if tcfg.steps < record.step:
         raise MdiffError(f"--steps {tcfg.steps}: the run in {out} is already at step "
-                         f"{state['step']}; give --steps above that to go on")
-    return state, ucfg, dcfg, tcfg
+                         f"{record.step}; give --steps above that to go on")
+    return state, record, tcfg
 
 
 def _dataset(run, arrays, tags, log):
@@ -374,19 +373,10 @@ def build(run, device, ctx, log):
 
 
 def _static(run):
-    """What every checkpoint of the run records besides the weights: configs, labels, patch,
-    voxel size, the data's paths."""
-    meta, data, planes = run.meta, run.data, run.planes
-    return {"unet": to_dict(run.ucfg), "diffusion": to_dict(run.dcfg),
-            "train": to_dict(run.tcfg), "labels": list(run.phase_map.labels),
-            "patch": run.tcfg.patch,
-            "voxel_size": None if meta["voxel_size"] is None else list(meta["voxel_size"]),
-            "unit": meta["unit"],
-            "data": {"paths": [str(Path(p).resolve()) for p in data
-                               if not isinstance(p, np.ndarray)], "example": run.example,
-                     "planes": {k: [str(Path(p).resolve()) for p in v
-                                    if not isinstance(p, np.ndarray)]
-                                for k, v in (planes or {}).items() if v}}}
+    """What every checkpoint of the run records besides the weights (``checkpoint``)."""
+    return checkpoint.static_record(run.ucfg, run.dcfg, run.tcfg, run.phase_map.labels,
+                                    run.meta["voxel_size"], run.meta["unit"], run.data,
+                                    run.example, run.planes)
 
 
 def _recorded(run):
@@ -415,7 +405,7 @@ def _loop(run, trainer, ctx, log):
         (out / "config.json").write_text(json.dumps({**static, "preset": run.preset},
                                                     indent=2) + "\n")
         _truncate_log(loss_log, trainer.step)
-    saved = [None if run.state is None else run.state["step"]]  # the step the file holds
+    saved = [None if run.resumed is None else run.resumed.step]  # the step the file holds
 
     def save(loss):
         """Rank 0 writes; the others wait for it at the barrier."""
@@ -451,7 +441,7 @@ def _loop(run, trainer, ctx, log):
             f"interrupted at step {trainer.step}; {held}"
             + (f"; go on with: mdiff-train --resume --out {out}" if saved[0] is not None
                else "")) from None
-    if run.state is not None and trainer.step == run.state["step"]:
+    if run.resumed is not None and trainer.step == run.resumed.step:
         log(f"mdiff-train: {ckpt_path} is already at step {trainer.step}; raise --steps to go on")
     log(f"mdiff-train: checkpoint {ckpt_path} (step {trainer.step})")
     return ckpt_path

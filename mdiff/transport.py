@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from . import io
+from . import runtime
 from .errors import MdiffError, compiled_kernels
 from .io import check_volume
 from .phases import PhaseMap
@@ -170,12 +170,12 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
 BYTES_PER_VOXEL = 26  # five float32 volumes, the cluster faces and three masks
 
 
-def check_memory(volume, device="cpu"):
+def check_solve_memory(volume, device="cpu"):
     """MdiffError if solving on ``volume`` would need more memory than is available now."""
     need = BYTES_PER_VOXEL * volume.size
     if str(device).startswith("cuda"):
         need -= 10 * volume.size  # the uint8/bool copies of the volume stay on the host
-    io.check_memory(need, device, "crop the volume, or use --subvolume with a smaller side",
+    runtime.check_memory(need, device, "crop the volume, or use --subvolume with a smaller side",
                     what=f"transport on {'x'.join(map(str, volume.shape))} voxels")
 
 
@@ -214,7 +214,7 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
                     max_iter=None, progress=None):
     """{axis: figures} of phase index ``phase``; see ``transport``. ``progress``: a
     ``_Progress`` that reports on the solves."""
-    check_memory(volume, device)
+    check_solve_memory(volume, device)
     faces = cluster_faces(volume, phase_map, phase)
     n_phase = int(np.count_nonzero(faces))
     fraction = n_phase / volume.size

@@ -391,4 +391,17 @@ def test_presets_have_2d_defaults():
     from mdiff.config import PRESETS_2D
 
     assert set(PRESETS_2D) == set(PRESETS)
-    assert PLANES == ("xy", "xz", "yz")
+
+
+def test_a_volumes_slices_are_tagged_with_the_plane_they_lie_in():
+    from mdiff.data import volume_slices
+
+    # xy: rows y, columns x (a slice at fixed z); xz: rows z, columns x; yz: rows z, columns y
+    sides = {"z": 3, "y": 4, "x": 5}
+    volume = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    slices = volume_slices(volume)
+    assert len(slices) == 3 + 4 + 5
+    for image, plane in slices:
+        cols, rows = PLANES[plane]  # "xz": columns x, rows z
+        assert image.shape == (sides[rows], sides[cols])
+    assert np.array_equal(slices[3][0], volume[:, 0]) and PLANES[slices[3][1]] == "xz"
