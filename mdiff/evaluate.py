@@ -24,9 +24,8 @@ from .report import summarise
 from .verdict import MIN_REAL_CUBES, compare_sets, judge, verdict_line  # noqa: F401
 
 
-# flux spread at which the per-cube diffusion solves stop: TauFactor's default. On 64³ NMC
-# cubes D_eff/D then differs from a solve to 1e-3 by at most 0.02 % (median 0.004 %), far
-# below the spread between cubes, in 62 % of the time
+# flux spread at which the per-cube diffusion solves stop: TauFactor's default; the error it
+# leaves in D_eff/D is far below the spread between cubes (docs/judging.md), in less time
 TRANSPORT_TOL = 1e-2
 
 
@@ -36,9 +35,8 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
 
     The cubes are spread over the CPU's threads (the kernels release the GIL, and so do
     torch's; the diffusion solves of ``transport`` then run with one torch thread each, which
-    beat one cube at a time on all threads by 10 % on 64³ cubes); on a GPU they run one at a
-    time. ``progress(done, total)`` is called as cubes finish."""
-    import contextlib
+    beats one cube at a time on all threads); on a GPU they run one at a time.
+    ``progress(done, total)`` is called as cubes finish."""
 
     def one(cube):
         return metrics.describe(cube, phase_map, s2_max, "closed", threads=1,
