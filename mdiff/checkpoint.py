@@ -3,6 +3,8 @@
 ``torch.load(path, weights_only=True)`` reads them: loading a checkpoint never runs code from
 the file. Everything needed to rebuild the model and decode samples is inside.
 """
+import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +19,41 @@ FORMAT_VERSION = 1
 
 
 def save(path, state):
-    """Write ``state`` (a dict of tensors and primitives) to ``path`` atomically."""
+    """Write ``state`` (a dict of tensors and primitives) to ``path`` atomically, with the
+    SHA-256 of its tensors (``tensor_digest``), which ``load`` checks."""
     path = Path(path)
+    state = {k: v for k, v in state.items() if k != "checksum"}
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "mdiff_version": __version__,
              **state}
+    state["checksum"] = {"algorithm": "sha256", "tensors": tensor_digest(state)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def tensor_digest(state):
+    """SHA-256 over every tensor of a (nested) checkpoint dict, in the order of their keys'
+    paths, each with its path, dtype and shape: flipped bytes in any weight change it (the zip
+    archive torch writes carries no check of its own that ``torch.load`` verifies)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(_tensors(state), key=lambda item: item[0]):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tensors(value, prefix=""):
+    """(path, tensor) of every tensor inside nested dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if prefix == "" and k == "checksum":
+                continue
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{prefix}/{i}")
 
 
 def load(path):
@@ -48,7 +79,22 @@ def load(path):
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise MdiffError(f"{path}: checkpoint format {state['format_version']} is newer than "
                          f"this mdiff ({__version__}) reads; upgrade mdiff")
+    _verify(path, state)
     return state
+
+
+def _verify(path, state):
+    """MdiffError naming the file as corrupt where its tensors' checksum does not match; a
+    one-line note for a checkpoint written before checkpoints carried one."""
+    recorded = state.get("checksum")
+    if not isinstance(recorded, dict) or "tensors" not in recorded:
+        print(f"mdiff: note: {path} was written before checkpoints carried a checksum; its "
+              "weights cannot be verified", file=sys.stderr)
+        return
+    if recorded.get("algorithm") != "sha256" or tensor_digest(state) != recorded["tensors"]:
+        raise MdiffError(f"{path}: the checkpoint is corrupt: its tensors do not match the "
+                         "checksum written with them (damaged on disk or in a copy); copy it "
+                         "again from where it was trained, or resume from another")
 
 
 def _looks_like(head):

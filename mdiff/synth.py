@@ -87,8 +87,10 @@ def generate(shape=EXAMPLE.shape, fractions=EXAMPLE.fractions, labels=EXAMPLE.la
     if len(fractions) < 2 or len(fractions) != len(labels):
         raise MdiffError(f"need one fraction per label and at least two phases; got fractions "
                          f"{fractions} for labels {labels}")
-    if min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+    if min(fractions) <= 0 or abs(sum(fractions) - 1) > 0.01:
         raise MdiffError(f"fractions must be positive and sum to 1, got {fractions}")
+    if abs(sum(fractions) - 1) > 1e-9:  # rounded ones (0.333, ...): normalised
+        fractions = tuple(f / sum(fractions) for f in fractions)
     if len(set(labels)) != len(labels) or min(labels) < 0 or max(labels) > 65535:
         raise MdiffError(f"labels must be distinct values in 0..65535, got {labels}")
     if not length > 0:

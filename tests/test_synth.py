@@ -42,6 +42,16 @@ def test_length_controls_texture():
     assert metrics.surface_area(fine == 1) > 2 * metrics.surface_area(coarse == 1)
 
 
+def test_rounded_fractions_are_normalised():
+    # measured fractions printed to 4 decimals sum to 1 +- 1e-4: taken as their normalised
+    # selves, as the same fractions written exactly
+    rounded = synth.generate((20, 20, 20), (0.4501, 0.4003, 0.1497), (0, 127, 255), seed=2)
+    exact = synth.generate((20, 20, 20), tuple(f / 1.0001 for f in (0.4501, 0.4003, 0.1497)),
+                           (0, 127, 255), seed=2)
+    assert np.array_equal(rounded, exact)
+    assert (rounded == 0).mean() == pytest.approx(0.4501 / 1.0001, abs=1 / 8000)
+
+
 def test_bad_parameters():
     with pytest.raises(MdiffError, match="sum to 1"):
         synth.generate((8, 8, 8), (0.5, 0.6), (0, 1))

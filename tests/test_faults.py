@@ -1,0 +1,62 @@
+"""Files that were damaged, and folders that hold what mdiff did not write."""
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import mdiff
+from mdiff import checkpoint, synth, write_volume
+from mdiff.cli import sample_main
+
+PIN = Path(__file__).resolve().parent / "pin"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faults")
+    write_volume(folder / "v.tif", synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, 1))
+    return mdiff.train([folder / "v.tif"], preset="tiny", out=folder / "run",
+                       train={"steps": 2}, log=None)
+
+
+def _flip_inside_largest_tensor(path, count=64):
+    """Flip ``count`` bytes in the middle of the largest tensor's data in the zip archive,
+    leaving the archive's structure intact (as a disk or transfer error would)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
+    raw = bytearray(Path(path).read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    for k in range(start, start + count):
+        raw[k] ^= 0xFF
+    Path(path).write_bytes(bytes(raw))
+
+
+def test_a_checkpoint_carries_the_checksum_of_its_tensors(ckpt):
+    state = torch.load(ckpt, weights_only=True)
+    assert state["checksum"]["algorithm"] == "sha256"
+    assert state["checksum"]["tensors"] == checkpoint.tensor_digest(state)
+    state["ema"][next(iter(state["ema"]))].view(-1)[0] += 1
+    assert state["checksum"]["tensors"] != checkpoint.tensor_digest(state)
+
+
+def test_flipped_weight_bytes_are_one_line_naming_the_file(ckpt, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(Path(ckpt).read_bytes())
+    _flip_inside_largest_tensor(bad)
+    torch.load(bad, weights_only=True)  # torch itself reads it without a word
+    assert sample_main([str(bad), str(tmp_path / "out"), "-n", "1", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "corrupt" in err and str(bad) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_from_before_the_checksum_loads_with_a_note(capsys):
+    assert "checksum" not in torch.load(PIN / "tiny3d.pt", weights_only=True)
+    gen = mdiff.load(PIN / "tiny3d.pt", device="cpu")
+    assert gen.sample(1, steps=2, seed=0).shape == (1, 16, 16, 16)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "before checkpoints carried a checksum" in err
