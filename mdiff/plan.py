@@ -124,7 +124,7 @@ def sampler_settings(facts, request):
     return name, steps, eta
 
 
-def draws(facts, request):
+def draws_from_training(facts, request):
     """True where a request draws its compositions from the training cubes: a conditioned
     model given no target."""
     return (facts.condition != "none" and request.fractions is None
@@ -145,7 +145,7 @@ def tiling_for(facts, request, shape):
             raise MdiffError("--fractions-along conditions each window on its place: use "
                              "--tiling windows (or auto)")
         return "windows"
-    if draws(facts, request) and tiling == "auto" and facts.dims == 3 \
+    if draws_from_training(facts, request) and tiling == "auto" and facts.dims == 3 \
             and max(shape) > facts.patch:
         return "windows"
     return tiling
@@ -156,7 +156,7 @@ def drawn_as(facts, request, tiling, shape):
     volume" (a volume of the training cube's size made whole), "per window" or
     "unconditional" (a larger volume made whole runs the unconditional model, trained with
     condition dropout)."""
-    if not draws(facts, request):
+    if not draws_from_training(facts, request):
         return None
     if tiling == "windows":
         return "per window"
