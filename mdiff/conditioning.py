@@ -12,6 +12,7 @@ import math
 import torch
 
 from . import descriptors
+from .multiplane import hold_probabilities
 from .tiling import Tiling, bump
 
 GOLDEN = (math.sqrt(5) - 1) / 2  # the step of the low-discrepancy draws of conditions
@@ -113,12 +114,17 @@ def for_batch(plan, recorded, factor, patch, start, count):
     return per_volume(recorded, count, plan.seed, plan.first + start, plan.target)
 
 
-def guided(model_fn, cond, guidance=1.0):
+def guided(model_fn, cond, guidance=1.0, hold=False):
     """The model callable for a batch of volumes with conditions ``cond`` (one row per
     volume; the network may see k windows of each, window-major, as ``mdiff.tiling`` batches
     them; or a list with one condition per window group, for each network call of a step in
     turn): conditional, or with classifier-free guidance
-    out = out_uncond + w (out_cond − out_uncond), both branches in one call."""
+    out = out_uncond + w (out_cond − out_uncond), both branches in one call.
+
+    ``hold`` (x0 objective, fractions conditions): each window's phase probabilities are
+    scaled to its own condition's fractions at every call (``multiplane.hold_probabilities``,
+    the 3D form of a 2D model's fraction matching), returned as log-probabilities, which the
+    x0 objective's softmax reads back as those probabilities."""
     if cond is None:
         return model_fn
     per_call = cond if isinstance(cond, list) else [cond]
@@ -129,11 +135,16 @@ def guided(model_fn, cond, guidance=1.0):
         calls[0] += 1
         c = c.repeat(len(x) // len(c), 1)
         if guidance == 1:
-            return model_fn(x, t, *extra, cond=c)
-        both = [None if e is None else torch.cat([e, e]) for e in extra]
-        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), *both,
-                       cond=torch.cat([c, torch.zeros_like(c)]))
-        cond_out, plain = out.chunk(2)
-        return plain + guidance * (cond_out - plain)
+            out = model_fn(x, t, *extra, cond=c)
+        else:
+            both = [None if e is None else torch.cat([e, e]) for e in extra]
+            out = model_fn(torch.cat([x, x]), torch.cat([t, t]), *both,
+                           cond=torch.cat([c, torch.zeros_like(c)]))
+            cond_out, plain = out.chunk(2)
+            out = plain + guidance * (cond_out - plain)
+        if hold:
+            p = hold_probabilities(torch.softmax(out.float(), dim=1), c[:, :-1])
+            out = torch.log(p.clamp_min(1e-12))
+        return out
 
     return model

@@ -21,17 +21,24 @@ FUSIONS = ("mean", "cycle", "geo")
 
 def match_fractions(x_start, fractions, rounds=3):
     """x̂_0 (N, C, D, H, W) of the x0 objective (2p − 1, p the phase probabilities) with each
-    volume's mean p scaled to ``fractions`` (C,), every voxel renormalised after each scaling
-    (iterative proportional fitting): fused planes disagree most on thin features, and the
-    majority phase wins where they do (untouched, a Berea sandstone's 19 % pore came out as
-    1.4 %), so the fused estimate is held to the training images' composition."""
-    target = torch.as_tensor(fractions, dtype=x_start.dtype, device=x_start.device)
-    p = (x_start + 1) * 0.5
+    volume's mean p scaled to ``fractions`` ((C,) for all, or (N, C): each its own), every
+    voxel renormalised after each scaling (iterative proportional fitting): fused planes
+    disagree most on thin features, and the majority phase wins where they do, so the fused
+    estimate is held to the training images' composition."""
+    return 2 * hold_probabilities((x_start + 1) * 0.5, fractions, rounds) - 1
+
+
+def hold_probabilities(p, fractions, rounds=3):
+    """Phase probabilities p (N, C, ...) with each sample's mean scaled to ``fractions`` ((C,)
+    or (N, C)), every voxel renormalised after each scaling (iterative proportional
+    fitting)."""
+    target = torch.as_tensor(fractions, dtype=p.dtype, device=p.device)
+    target = target.reshape(len(target) if target.ndim == 2 else 1, -1, *[1] * (p.ndim - 2))
     for _ in range(rounds):
         mean = p.mean(dim=tuple(range(2, p.ndim)), keepdim=True).clamp_min(1e-8)
-        p = p * (target.reshape(1, -1, *[1] * (p.ndim - 2)) / mean)
+        p = p * (target / mean)
         p = p / p.sum(1, keepdim=True).clamp_min(1e-8)
-    return 2 * p - 1
+    return p
 
 
 def multiplane_denoiser(diffusion, model, fuse="mean", slices=64, planes=False,

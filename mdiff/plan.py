@@ -73,6 +73,7 @@ class Plan:
     slices: int = None
     match_fractions: list = None
     respaced: bool = True  # a re-spaced process of ``steps`` (False: the whole schedule)
+    hold: bool = False  # each window's phase probabilities held to its condition's fractions
 
     def but(self, **changes):
         """A copy with some fields changed."""
@@ -170,6 +171,18 @@ def guidance_for(request, drawn):
     return DRAWN_GUIDANCE if drawn == "per volume" else 1.0
 
 
+def hold_for(facts, request, drawn):
+    """Whether each window's phase probabilities are held to its condition's fractions:
+    asked (``hold_fractions``), for a model conditioned on fractions with the x0 objective,
+    where a condition is given (not where a larger volume runs unconditioned)."""
+    if not request.hold_fractions:
+        return False
+    if facts.condition != "fractions" or facts.objective != "x0":
+        raise MdiffError("--hold-fractions needs a 3D model conditioned on fractions with the "
+                         "x0 objective")
+    return drawn != "unconditional"
+
+
 def check_conditions(facts, request):
     """One line for a condition the model cannot take; the parsed target and profile."""
     target = profile = None
@@ -234,7 +247,8 @@ def make_plan(facts, request, seed=None):
     plan = Plan(count=count, shape=shape, batch=batch, sampler=sampler, steps=steps, eta=eta,
                 variance=request.variance, seed=int(seed), first=int(request.first),
                 guidance=guidance_for(request, drawn), drawn=drawn, target=target,
-                profile=profile, respaced=SAMPLERS[sampler].steps is not None, **geometry)
+                profile=profile, respaced=SAMPLERS[sampler].steps is not None,
+                hold=hold_for(facts, request, drawn), **geometry)
     check_plan_memory(facts, plan)
     return plan
 

@@ -61,6 +61,10 @@ class SampleRequest:
                          "too little), 1 at a --fractions target and where a larger volume "
                          "draws each window's (at 1.4 the volumes vary too much)",
                          "--guidance", type=float, metavar="W")
+    hold_fractions: bool = _f(None, "a conditioned x0 model: hold each window's phase "
+                              "probabilities to its own condition's fractions at every step "
+                              "(drawn or target; default off)", "--hold-fractions",
+                              action="store_true")
     fuse: str = _f(None, "a 2D model: cycle = the slices along one axis a step, z, y, x in "
                    "turn (default); mean = at every step the x0 estimates of the slices along "
                    "z, y and x averaged (three times the cost); geo = their phase "

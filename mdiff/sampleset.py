@@ -8,6 +8,7 @@ function of the seed and i alone), and rank 0 writes samples.json once all are w
 """
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -21,13 +22,41 @@ from .request import SampleRequest
 from .runtime import busy_warning, resolve_device
 
 
+SAMPLE_NAME = re.compile(r"sample_\d{3,}\.tif")
+
+
 def sample_set(folder):
-    """The files of a sample set in a folder: sample_*.tif and samples.json."""
+    """The files of a sample set in a folder: sample_NNN.tif and samples.json."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and (
-        p.name == "samples.json" or (p.name.startswith("sample_") and p.suffix == ".tif")))
+        p.name == "samples.json" or SAMPLE_NAME.fullmatch(p.name)))
+
+
+def check_folder(out_dir, overwrite=False):
+    """One line (MdiffError) unless ``out_dir`` is new, empty, or holds a set mdiff-sample
+    wrote (replaced only with ``overwrite``): it never writes among, or deletes, files it did
+    not write, whatever the flag."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MdiffError(f"{out_dir} exists and is not a folder; give a folder for the samples")
+    if not out_dir.exists():
+        return
+    ours = set(sample_set(out_dir)) | {out_dir / ".partial"}
+    foreign = sorted(p.name for p in out_dir.iterdir()
+                     if p not in ours and not p.name.startswith("."))  # hidden: left alone
+    if foreign:
+        raise MdiffError(f"{out_dir} holds {len(foreign)} file(s) mdiff-sample did not write "
+                         f"(e.g. {foreign[0]}); it writes only into a new or empty folder, or "
+                         "over a set of its own: choose another folder")
+    old = sample_set(out_dir)
+    if old and not (out_dir / "samples.json").is_file():
+        raise MdiffError(f"{out_dir} holds sample files but no samples.json: not a set "
+                         "mdiff-sample wrote, so it is left alone; choose another folder")
+    if old and not overwrite:
+        raise MdiffError(f"{out_dir} already holds {len(old)} sample file(s) of another run; "
+                         "choose another folder, or --overwrite to replace that set")
 
 
 def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_ema=True,
@@ -41,10 +70,7 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     n = int(request.count)
     if n < 1:
         raise MdiffError(f"-n {n}: nothing to generate; give at least 1 volume")
-    old_set = sample_set(out_dir)
-    if old_set and not overwrite:
-        raise MdiffError(f"{out_dir} already holds {len(old_set)} sample file(s) of another "
-                         "run; choose another folder, or --overwrite to replace that set")
+    check_folder(out_dir, overwrite)
     share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
     plan = gen.plan(request.but(count=max(len(share), 1), first=share.start))
@@ -111,7 +137,7 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
             "target": None if request.fractions is None else list(request.fractions),
             "graded": None if profile is None else {
                 "axis": profile[0], "points": [[p, list(v)] for p, v in profile[1]]},
-            "guidance": plan.guidance, "drawn": plan.drawn,
+            "guidance": plan.guidance, "drawn": plan.drawn, "hold_fractions": plan.hold,
             "per_volume": gen.per_volume_conditions(plan.but(first=0), n)}
     return {"mdiff_version": __version__, "checkpoint": str(Path(ckpt).resolve()),
             "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n,

@@ -122,7 +122,7 @@ class Generator:
                                            process.num_timesteps)
             cond = conditioning.for_batch(plan, self.record.descriptors, self.model.factor,
                                           self.patch, start, b)
-            model_fn = conditioning.guided(self.model_fn, cond, plan.guidance)
+            model_fn = conditioning.guided(self.model_fn, cond, plan.guidance, plan.hold)
             denoise = self.denoiser(process, plan, model_fn, on_windows)
             x = spec.fn(denoise, process, shape, gens, self.device, progress=report,
                         **{k: options[k] for k in spec.options})

@@ -237,6 +237,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
 
     A run folder that holds a checkpoint is never started over unless ``overwrite=True``:
     without ``resume`` that is refused, so no run is lost by reusing its ``out``."""
+    check_run_folder(out)
     if not resume and not overwrite and (Path(out) / CHECKPOINT).exists():
         raise MdiffError(f"{out} already holds a run ({Path(out) / CHECKPOINT}); go on with "
                          f"--resume, start it over with --overwrite, or choose another --out")
@@ -262,6 +263,24 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     path = _loop(run, trainer, ctx, log)
     distributed.cleanup()
     return path
+
+
+RUN_FILES = (CHECKPOINT, "config.json", "loss.jsonl")
+
+
+def check_run_folder(out):
+    """One line (MdiffError) unless ``out`` is new, empty or a run folder: mdiff-train never
+    writes among files it did not write (nor replaces them with --overwrite)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MdiffError(f"--out {out}: exists and is not a folder")
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES
+                     and not p.name.startswith("."))  # hidden (a killed save's): left alone
+    if foreign:
+        raise MdiffError(f"--out {out} holds {len(foreign)} file(s) mdiff-train did not write "
+                         f"(e.g. {foreign[0]}); give a new or empty folder for the run")
 
 
 def prepare(data, phases, example, preset, out, resume, unet, diffusion, train, planes, log):
@@ -405,6 +424,8 @@ def _loop(run, trainer, ctx, log):
         (out / "config.json").write_text(json.dumps({**static, "preset": run.preset},
                                                     indent=2) + "\n")
         _truncate_log(loss_log, trainer.step)
+        for stale in out.glob(f".{CHECKPOINT}.tmp.*"):  # a save killed half-way
+            stale.unlink()
     saved = [None if run.resumed is None else run.resumed.step]  # the step the file holds
 
     def save(loss):

@@ -336,3 +336,36 @@ def test_guidance_counts_both_branches_against_free_memory(conditioned, monkeypa
     gen.sample(2, steps=2, seed=0, guidance=1.0)
     with pytest.raises(MdiffError, match="needs about"):
         gen.sample(2, steps=2, seed=0, guidance=2.0)
+
+
+def test_holding_fractions_brings_each_volume_to_its_condition(conditioned, tmp_path, capsys):
+    # the pin's tiny model has trained 400 steps (a 4-step model predicts near-uniform phase
+    # probabilities, whose argmax no holding of their mean can steer)
+    from pathlib import Path
+
+    pinned = mdiff.load(Path(__file__).parent / "pin" / "tiny3d.pt", device="cpu")
+    target = (0.6, 0.25, 0.15)
+
+    def error(volumes):
+        return np.mean([abs((v == label).mean() - f) for v in volumes
+                        for label, f in zip((0, 127, 255), target)])
+
+    free = pinned.sample(4, steps=10, seed=2, fractions=target)
+    held = pinned.sample(4, steps=10, seed=2, fractions=target, hold_fractions=True)
+    assert error(held) < 0.5 * error(free) and error(held) < 0.04
+    gen = mdiff.load(conditioned, device="cpu")
+    windows = gen.plan(size=32, hold_fractions=True)  # each window to its own draw
+    assert windows.hold and windows.drawn == "per window"
+    assert not gen.plan(size=32, tiling="whole", hold_fractions=True).hold  # unconditional
+    assert sample_main([str(conditioned), str(tmp_path / "h"), "-n", "1", "--steps", "2",
+                        "--hold-fractions"]) == 0
+    info = json.loads((tmp_path / "h" / "samples.json").read_text())
+    assert info["condition"]["hold_fractions"] is True
+
+
+def test_holding_fractions_needs_a_fractions_conditioned_x0_model(volume, tmp_path, capsys):
+    plain = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 1},
+                        unet={"condition": "none"}, **QUIET)
+    assert sample_main([str(plain), str(tmp_path / "o"), "--hold-fractions"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--hold-fractions needs" in err

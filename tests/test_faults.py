@@ -60,3 +60,36 @@ def test_a_checkpoint_from_before_the_checksum_loads_with_a_note(capsys):
     assert gen.sample(1, steps=2, seed=0).shape == (1, 16, 16, 16)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "before checkpoints carried a checksum" in err
+
+
+def test_sampling_never_writes_among_or_deletes_a_users_files(ckpt, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "sample_000.tif").write_bytes(b"my own volume")  # named like a sample, not one
+    for flags in ([], ["--overwrite"]):
+        assert sample_main([str(ckpt), str(mine), "-n", "1", "--steps", "2", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "did not write" in err
+    (mine / "notes.txt").unlink()
+    assert sample_main([str(ckpt), str(mine), "-n", "1", "--steps", "2", "--overwrite"]) == 2
+    assert "no samples.json" in capsys.readouterr().err
+    assert (mine / "sample_000.tif").read_bytes() == b"my own volume"
+    ours = tmp_path / "ours"
+    assert sample_main([str(ckpt), str(ours), "-n", "2", "--steps", "2"]) == 0
+    assert sample_main([str(ckpt), str(ours), "-n", "1", "--steps", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in ours.iterdir()) == ["sample_000.tif", "samples.json"]
+
+
+def test_training_never_writes_among_a_users_files(tmp_path, capsys):
+    from mdiff.cli import train_main
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("months of work")
+    for flags in ([], ["--overwrite"]):
+        assert train_main(["--example", "--preset", "tiny", "--steps", "1", "--out",
+                           str(folder), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "did not write" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
