@@ -211,8 +211,10 @@ def sample_main(argv=None):
 
     def body(args):
         from .request import SampleRequest, cli_fields
+        from .runtime import keep_freed_memory
         from .sampleset import write_samples
 
+        keep_freed_memory()
         if args.steps is not None and args.steps < 1:
             raise MdiffError("--steps must be at least 1")
         if args.size is not None and len(args.size) not in (1, 3):
@@ -456,7 +458,9 @@ def demo_main(argv=None):
 
     def body(args):
         from .demo import run_demo
+        from .runtime import keep_freed_memory
 
+        keep_freed_memory()
         run_demo(args.out, args.steps, args.samples, args.preset, args.device, args.overwrite)
 
     return _run("mdiff-demo", parser, body, argv)

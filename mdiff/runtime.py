@@ -4,7 +4,9 @@ Training, sampling and transport import these; none of them imports another for 
 torch is imported inside the functions, so that ``import mdiff`` stays cheap.
 """
 import contextlib
+import ctypes
 import os
+import sys
 
 from .errors import MdiffError
 
@@ -80,3 +82,26 @@ def busy_warning(prog, threads=None):
     return (f"{prog}: warning: this machine is busy (load {load:.1f} on {cores} cores); two "
             "jobs that each use every core stall each other far beyond 2x: give each "
             "--threads 1 (or OMP_NUM_THREADS=1), or wait for the other to end")
+
+
+# glibc's mallopt parameters and what sampling sets them to: allocations up to 32 MiB from the
+# heap (not a fresh mmap each time), freed memory kept up to 1 GiB, 256 MiB of padding
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20))
+
+
+def keep_freed_memory():
+    """Tell glibc's allocator to keep freed memory for reuse instead of returning it to the
+    kernel at once; returns whether it took. A denoising step frees and re-allocates the same
+    volume-sized buffers; by default each comes from a fresh mmap and goes back with munmap, and
+    the page faults of refilling them cost the CPU as much kernel as user time. Process-wide,
+    so the sampling commands call it; a pipeline embedding mdiff may call it itself. A no-op
+    elsewhere than on glibc (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in KEEP_FREED)

@@ -246,3 +246,12 @@ def test_auto_tiling_takes_the_whole_volume_where_it_fits(ckpt, monkeypatch):
     monkeypatch.setattr(runtime, "free_memory", lambda device: 2 * need - 1)
     assert gen.plan(size=64, **target).tiling == "windows"
     assert gen.plan(size=16).tiling == "whole"  # the training size is always seen whole
+
+
+def test_sampling_keeps_freed_memory_where_glibc_allows_it():
+    import sys
+
+    from mdiff.runtime import keep_freed_memory
+
+    took = keep_freed_memory()
+    assert took is (sys.platform.startswith("linux"))
