@@ -36,7 +36,7 @@ class ModelFacts:
     phases: int
     patch: int  # side of the training cube (or square)
     factor: int  # every side a multiple of this (the U-Net's down-sampling)
-    condition: str  # descriptors.KINDS
+    condition: str  # "none" or a descriptor of descriptors.kinds()
     mean_input: bool
     objective: str
     timesteps: int
@@ -66,7 +66,7 @@ class Plan:
     profile: tuple = None  # (axis, [(position, fractions), ...]) of a graded target
     window: int = None
     overlap: float = None
-    stride: list = None
+    stride: int = None  # between window starts
     windows: int = None
     windows_per_call: int = None
     fuse: str = None
@@ -207,7 +207,7 @@ def check_conditions(facts, request):
             raise MdiffError(f"--fractions: {exc}") from None
     if request.fractions_along is not None:
         profile = request.fractions_along
-        if profile and isinstance(profile[1], str):  # the command line's AXIS POS:F0,... ...
+        if all(isinstance(p, str) for p in profile):  # the command line's AXIS POS:F0,...
             try:
                 profile = descriptors.parse_profile(profile[0], profile[1:], facts.phases)
             except ValueError as exc:
