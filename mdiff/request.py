@@ -5,6 +5,7 @@ command line is made from these fields (``mdiff.cli``) and the Python API takes 
 keyword. ``None`` means "not given": the model's kind and the plan decide
 (``mdiff.plan.make_plan``), so no rule compares a value with a default's literal.
 """
+import argparse
 from dataclasses import dataclass, field, fields, replace
 
 
@@ -61,10 +62,11 @@ class SampleRequest:
                          "too little), 1 at a --fractions target and where a larger volume "
                          "draws each window's (at 1.4 the volumes vary too much)",
                          "--guidance", type=float, metavar="W")
-    hold_fractions: bool = _f(None, "a conditioned x0 model: hold each window's phase "
-                              "probabilities to its own condition's fractions at every step "
-                              "(drawn or target; default off)", "--hold-fractions",
-                              action="store_true")
+    hold_fractions: bool = _f(None, "a model conditioned on fractions (x0 objective): hold "
+                              "each window's phase probabilities to its own condition's "
+                              "fractions at every step, drawn or target (default: on for such "
+                              "models; --no-hold-fractions turns it off)", "--hold-fractions",
+                              action=argparse.BooleanOptionalAction)
     fuse: str = _f(None, "a 2D model: cycle = the slices along one axis a step, z, y, x in "
                    "turn (default); mean = at every step the x0 estimates of the slices along "
                    "z, y and x averaged (three times the cost); geo = their phase "

@@ -350,17 +350,20 @@ def test_holding_fractions_brings_each_volume_to_its_condition(conditioned, tmp_
         return np.mean([abs((v == label).mean() - f) for v in volumes
                         for label, f in zip((0, 127, 255), target)])
 
-    free = pinned.sample(4, steps=10, seed=2, fractions=target)
-    held = pinned.sample(4, steps=10, seed=2, fractions=target, hold_fractions=True)
+    free = pinned.sample(4, steps=10, seed=2, fractions=target, hold_fractions=False)
+    held = pinned.sample(4, steps=10, seed=2, fractions=target)  # the default
     assert error(held) < 0.5 * error(free) and error(held) < 0.04
     gen = mdiff.load(conditioned, device="cpu")
     windows = gen.plan(size=32, hold_fractions=True)  # each window to its own draw
     assert windows.hold and windows.drawn == "per window"
     assert not gen.plan(size=32, tiling="whole", hold_fractions=True).hold  # unconditional
-    assert sample_main([str(conditioned), str(tmp_path / "h"), "-n", "1", "--steps", "2",
-                        "--hold-fractions"]) == 0
+    assert sample_main([str(conditioned), str(tmp_path / "h"), "-n", "1", "--steps", "2"]) == 0
     info = json.loads((tmp_path / "h" / "samples.json").read_text())
     assert info["condition"]["hold_fractions"] is True
+    assert sample_main([str(conditioned), str(tmp_path / "f"), "-n", "1", "--steps", "2",
+                        "--no-hold-fractions"]) == 0
+    info = json.loads((tmp_path / "f" / "samples.json").read_text())
+    assert info["condition"]["hold_fractions"] is False
 
 
 def test_holding_fractions_needs_a_fractions_conditioned_x0_model(volume, tmp_path, capsys):

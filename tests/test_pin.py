@@ -35,6 +35,7 @@ def test_the_pin_covers_every_sampler_tiling_and_condition():
     assert drawn == {"per volume", "per window", "unconditional", None}
     assert any(i["periodic"] and i["tiling"] == "windows" for i in infos)
     assert any(i["condition"] and i["condition"]["graded"] for i in infos)
+    assert {i["condition"]["hold_fractions"] for i in infos if i["condition"]} == {True, False}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED["requests"]))

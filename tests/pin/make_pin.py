@@ -21,9 +21,11 @@ EXPECTED = HERE / "expected.json"
 VOLUMES = HERE / "expected_volumes.npz"
 
 # (name, model, mdiff-sample flags): every sampler, whole and windows, periodic, graded,
-# drawn compositions (per volume, per window, unconditional), a target, guidance, 2D fusions
+# drawn compositions (per volume, per window, unconditional), a target, guidance, fractions
+# held (the default) and not, 2D fusions
 REQUESTS = [
     ("drawn_dpm", "3d", ["-n", "3", "--steps", "6"]),
+    ("drawn_free", "3d", ["-n", "3", "--steps", "6", "--no-hold-fractions"]),
     ("ddim_eta1", "3d", ["-n", "2", "--sampler", "ddim", "--steps", "5", "--eta", "1"]),
     ("ddpm", "3d", ["-n", "1", "--sampler", "ddpm"]),
     ("target", "3d", ["-n", "2", "--steps", "5", "--fractions", "0.6,0.25,0.15"]),
