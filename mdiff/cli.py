@@ -18,7 +18,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the None/False of flags whose default is "not given"."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+        if action.default is None or action.default is False \
+                or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
 

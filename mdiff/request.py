@@ -28,8 +28,8 @@ class SampleRequest:
                     "a 2D model); ddpm takes every step", "--steps", type=int)
     eta: float = _f(None, "DDIM noise: 0 deterministic (default of 3D models), 1 as noisy as "
                     "ancestral sampling (default of 2D models)", "--eta", type=float)
-    seed: int = _f(None, "same seed -> same volumes (volume i depends on seed and i alone); "
-                   "None draws one", "--seed", type=int)
+    seed: int = _f(None, "same seed -> same volumes (volume i depends on seed and i alone; "
+                   "in the API, None draws one)", "--seed", type=int)
     batch: int = _f(None, "volumes per forward pass (default min(n, 8) for volumes of the "
                     "training size, else 1)", "--batch", type=int)
     tiling: str = _f(None, "volumes larger than the training cube: whole = the network on the "
