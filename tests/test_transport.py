@@ -231,3 +231,11 @@ def test_table_notes_absent_phases(tmp_path, capsys):
     write_volume(b, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 2.0, 1))
     assert metrics_main([str(a), str(b), "--transport"]) == 0
     assert "label 127: phase absent" in capsys.readouterr().out
+
+
+def test_a_window_that_conducts_everywhere_has_tortuosity_exactly_one():
+    # TauFactor's convention: a full block gives 1; the solver's answer would be 1 +- 5e-8
+    for shape in ((6, 7, 9), (40, 3, 3), (1, 8, 8)):
+        mask = np.ones(shape, bool)
+        for axis in "zyx":
+            assert metrics.tortuosity(mask, axis) == (1.0, 1.0)
