@@ -38,7 +38,7 @@ def tensor_digest(state):
     for name, tensor in sorted(_tensors(state), key=lambda item: item[0]):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # its buffer, no copy
     return digest.hexdigest()
 
 

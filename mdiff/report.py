@@ -13,18 +13,11 @@ import numpy as np
 from . import metrics
 from ._version import __version__
 from .errors import MdiffError
-from .figures import FIGURES, of_phase, table
+from .figures import of_phase, table
 from .grid import grid_cubes
 from .io import read_volume
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
 from .stats import effect_size
-
-def value(phase, key):
-    """A figure of a phase entry (``figures.Figure.value``; a figure outside the table is
-    read as it is)."""
-    row = FIGURES.get(key)
-    return row.value(phase) if row is not None else phase[key]
-
 
 def subvolumes(volume, size):
     """Views (no copies) of the non-overlapping size³ cubes that fit in the volume."""
