@@ -56,7 +56,9 @@ def table(transport=False, judged=None):
 def of_phase(phase, judged=None):
     """The rows present in a phase entry or a summary row (transport only when measured)."""
     moved = "transport" in phase or any(f.key in phase for f in FIGURES.values() if f.transport)
-    return [f for f in table(moved, judged) if f.key in phase or f.transport]
+    per_axis = [t for t in phase.get("transport", {}).values()]
+    return [f for f in table(moved, judged)
+            if f.key in phase or (f.transport and any(f.key in t for t in per_axis))]
 
 
 def measured(volume, phase_map, periodic):
@@ -74,5 +76,10 @@ register("euler_density", "chi_V", "{:.3e}", unit="1/volume",
          help="Euler characteristic per volume (26-connected phase)")
 register("percolating_fraction", "perc.", "{:.4f}", transport=True, higher_is_better=None,
          help="share of the phase in 6-connected clusters touching both faces of an axis")
+register("isolated_fraction", "isol.", "{:.4f}", transport=True,
+         help="share of the phase in 6-connected clusters touching no face of the window")
+register("largest_cluster_fraction", "largest", "{:.4f}", transport=True,
+         help="share of the phase in its largest 6-connected cluster (the cluster-size "
+              "distribution is in each phase's \"clusters\")")
 register("effective_diffusivity", "D_eff/D", "{:.4g}", transport=True,
          help="effective diffusivity over the free diffusivity (steady diffusion)")

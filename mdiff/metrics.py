@@ -223,10 +223,12 @@ def _add_transport(phases, volume, phase_map, tol, device, log):
     from . import transport as tr
 
     tol = tr.DEFAULT_TOL if tol is None else tol
-    for phase, per_axis in zip(phases, tr.transport(volume, phase_map, tol=tol, device=device,
-                                                    log=log)):
+    for i, (phase, per_axis) in enumerate(zip(phases, tr.transport(
+            volume, phase_map, tol=tol, device=device, log=log))):
         phase["transport"] = {axis: {k: (None if v == math.inf else v) for k, v in f.items()}
                               for axis, f in per_axis.items()}
+        phase["clusters"] = tr.cluster_summary(tr.cluster_sizes(volume, phase_map, i))
+        phase["largest_cluster_fraction"] = phase["clusters"]["largest_fraction"]
 
 
 def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=None, path=None,
@@ -237,7 +239,9 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     any unit), S_V is per unit length and χ_V per unit volume; S2 keeps voxel steps.
     ``transport``: also each phase's ``"transport"``, per axis z, y, x: percolating and isolated
     fractions (6-connectivity), D_eff/D and τ (``None`` when nothing percolates, i.e. τ = ∞),
-    with the solver's iterations, flux spread and convergence (``mdiff.transport``). They do
+    with the solver's iterations, flux spread and convergence (``mdiff.transport``), and its
+    ``"clusters"``: the 6-connected cluster-size distribution (``transport.cluster_summary``),
+    whose largest cluster's share is also ``"largest_cluster_fraction"``. They do
     not depend on the voxel size and always use the closed boundary (Dirichlet faces);
     ``log`` gets their progress lines.
     """

@@ -212,7 +212,8 @@ def format_report(result):
         lines.append(
             "Transport (per axis; 6-connected clusters, unlike chi's 26): perc. = share of the "
             "phase's voxels in clusters touching both faces normal to the axis, isolated = in "
-            "clusters touching no face; D_eff/D from steady diffusion in the phase with unit "
+            "clusters touching no face; largest = in the largest cluster, clusters = their "
+            "number (the size distribution is in --json); D_eff/D from steady diffusion in the phase with unit "
             "concentration difference between those faces (half a voxel beyond the end "
             "voxels) and no flux elsewhere; tau = tortuosity factor = phi D / D_eff "
             "(TauFactor's convention, inf: no path). Solved by preconditioned CG to a flux "
@@ -254,6 +255,15 @@ def _transport_rows(vols, i, w=14):
                 cells.append(f"{text:>{w}}{diff}")
             lines.append(f"{short + ' ' + axis:<10} {vols[0]['phases'][i]['label']:>5}  "
                          + "  ".join(cells))
+    label = vols[0]["phases"][i]["label"]
+    for short, get, fmt in (("largest", lambda p: p["largest_cluster_fraction"], "{:.4g}"),
+                            ("clusters", lambda p: p["clusters"]["count"], "{:d}")):
+        if all("clusters" in v["phases"][i] for v in vols):
+            values = [get(v["phases"][i]) for v in vols]
+            lines.append(f"{short:<10} {label:>5}  " + "  ".join(
+                f"{fmt.format(x):>{w}}" + ("" if j == 0 else
+                                           f" {_pct(_relative(x, values[0])):>8}")
+                for j, x in enumerate(values)))
     for v in vols:
         notes = {t["note"] for t in v["phases"][i]["transport"].values() if t.get("note")}
         for note in sorted(notes):

@@ -52,6 +52,29 @@ def cluster_faces(volume, phase_map, phase):
     return out
 
 
+def cluster_sizes(volume, phase_map, phase):
+    """int64 voxel counts of the 6-connected clusters of phase index ``phase``, in the raster
+    order of each cluster's first voxel (``scipy.ndimage.label``'s order)."""
+    if volume.size >= 2**31:
+        raise MdiffError(f"transport: {volume.size} voxels; cluster labelling handles at most "
+                         "2^31 - 1 (crop the volume or measure sub-volumes)")
+    return _metrics.cluster_sizes(volume, phase_map.lut(volume.dtype), int(phase))
+
+
+def cluster_summary(sizes):
+    """A phase's cluster-size distribution from its ``cluster_sizes``: the number of
+    clusters, the share of the phase in the largest, and ``shares``: the share of the phase's
+    voxels in clusters of 1, 2–3, 4–7, ... voxels (bin k holds sizes in [2^k, 2^(k+1)))."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    if total == 0:
+        return {"count": 0, "largest_fraction": 0.0, "shares": []}
+    bins = np.floor(np.log2(sizes)).astype(int)
+    shares = np.bincount(bins, weights=sizes) / total
+    return {"count": int(len(sizes)), "largest_fraction": int(sizes.max()) / total,
+            "shares": [float(x) for x in shares]}
+
+
 def fractions(faces, axis):
     """(percolating fraction, isolated fraction) of a phase along ``axis`` from its
     ``cluster_faces``: shares of the phase's voxels in clusters touching both faces normal to

@@ -52,6 +52,49 @@ def test_cluster_faces_strided_and_uint16_input(rng):
     np.testing.assert_array_equal(big, before)
 
 
+@pytest.mark.parametrize("shape,order", [((6, 7, 9), "C"), ((11, 5, 8), "F"), ((1, 9, 4), "C")])
+def test_cluster_sizes_match_scipy_labelling(rng, shape, order):
+    for fraction in (0.2, 0.45, 0.8):
+        volume = np.asarray(np.where(rng.random(shape) < fraction, 200, 7).astype(np.uint8),
+                            order=order)
+        pm = PhaseMap([7, 200])
+        for phase, label in enumerate(pm.labels):
+            labels, count = ndimage.label(volume == label)  # 6-connected, raster order
+            want = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+            np.testing.assert_array_equal(transport.cluster_sizes(volume, pm, phase), want)
+
+
+def test_cluster_sizes_strided_uint16_and_the_summary(rng):
+    big = rng.choice(np.array([0, 300, 9000], np.uint16), size=(14, 15, 16))
+    view = big[1::2, ::-1, 2:13]
+    pm = PhaseMap([0, 300, 9000])
+    for phase, label in enumerate(pm.labels):
+        labels, count = ndimage.label(view == label)
+        sizes = np.bincount(labels.ravel())[1:]
+        got = transport.cluster_summary(transport.cluster_sizes(view, pm, phase))
+        assert got["count"] == count
+        assert got["largest_fraction"] == pytest.approx(sizes.max() / sizes.sum())
+        bins = np.floor(np.log2(sizes)).astype(int)
+        for k, share in enumerate(got["shares"]):
+            assert share == pytest.approx(sizes[bins == k].sum() / sizes.sum())
+    assert transport.cluster_summary([]) == {"count": 0, "largest_fraction": 0.0, "shares": []}
+
+
+def test_describe_reports_isolated_share_and_cluster_sizes(rng):
+    volume = np.zeros((9, 10, 11), np.uint8)
+    volume[:, 4:6, 4:6] = 1  # a rod through z: 36 voxels
+    volume[4, 1, 1] = 1  # an isolated voxel
+    volume[3:5, 8, 1:3] = 1  # a block of 4 touching no face
+    entry = metrics.describe(volume, PhaseMap([0, 1]), 3, transport=True)
+    rod = entry["phases"][1]
+    assert rod["clusters"]["count"] == 3
+    assert rod["largest_cluster_fraction"] == pytest.approx(36 / 41)
+    assert rod["transport"]["y"]["isolated_fraction"] == pytest.approx(5 / 41)
+    from mdiff.figures import FIGURES
+    assert FIGURES["isolated_fraction"].value(rod) == pytest.approx(5 / 41)
+    assert FIGURES["largest_cluster_fraction"].value(rod) == pytest.approx(36 / 41)
+
+
 def test_percolation_fractions(rng):
     mask = rng.random((12, 13, 14)) < 0.4
     faces = _faces_reference(mask)
@@ -207,7 +250,8 @@ def test_set_comparison_carries_transport_figures():
     real = [metrics.describe(c, pm, 4, transport=True) for c in cubes * 2]
     result = evaluate.judge(real, {"other": real[:3]}, permutations=20)
     judged = {v["figure"] for v in result["verdicts"]}
-    assert {"percolating_fraction", "effective_diffusivity"} <= judged
+    assert {"percolating_fraction", "effective_diffusivity", "isolated_fraction",
+            "largest_cluster_fraction"} <= judged
     table = evaluate.format_markdown(result)
     assert "D_eff/D" in table and "perc." in table
 
