@@ -44,10 +44,11 @@ def _tiling(plan, factor):
     return Tiling(plan.shape, plan.window, plan.overlap, plan.periodic, factor)
 
 
-def graded(plan, factor, volumes):
+def graded(plan, factor, volumes, recorded=None):
     """Per network call of a step over windows, the conditions of its windows (window-major,
     ``volumes`` alike): the graded target at each window's centre voxel, placed from 0 (the
-    axis's first voxel) to 1 (its last)."""
+    axis's first voxel) to 1 (its last). A descriptor beyond fractions takes its other values
+    from the training cube (a row of ``recorded``) nearest to each window's fractions."""
     axis, points = plan.profile
     k = "zyx".index(axis)
     tiling = _tiling(plan, factor)
@@ -57,7 +58,10 @@ def graded(plan, factor, volumes):
         rows = []
         for corner in group:
             centre = (corner[k] + (tiling.sides[k] - 1) / 2) % length / max(length - 1, 1)
-            rows += [descriptors.profile_at(points, centre)] * volumes
+            row = descriptors.profile_at(points, centre)
+            if recorded is not None and recorded.shape[1] > len(row):
+                row = descriptors.complete(recorded, dict(enumerate(row)))
+            rows += [row] * volumes
         out.append(descriptors.condition(torch.tensor(rows)))
     return out
 
@@ -105,7 +109,7 @@ def for_batch(plan, recorded, factor, patch, start, count):
     if recorded is None and plan.target is None and plan.profile is None:
         return None  # an unconditioned model
     if plan.profile is not None:
-        return graded(plan, factor, count)
+        return graded(plan, factor, count, recorded)
     if plan.drawn == "per window":
         first = plan.first + start
         return drawn_windows(plan, factor, recorded, patch, range(first, first + count))
@@ -121,8 +125,8 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
     turn): conditional, or with classifier-free guidance
     out = out_uncond + w (out_cond − out_uncond), both branches in one call.
 
-    ``hold`` (x0 objective, fractions conditions): each window's phase probabilities are
-    scaled to its own condition's fractions at every call (``multiplane.hold_probabilities``,
+    ``hold`` (x0 objective, a condition that leads with fractions): each window's phase
+    probabilities are scaled to its own condition's fractions at every call (``multiplane.hold_probabilities``,
     the 3D form of a 2D model's fraction matching), returned as log-probabilities, which the
     x0 objective's softmax reads back as those probabilities."""
     if cond is None:
@@ -143,7 +147,7 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
             cond_out, plain = out.chunk(2)
             out = plain + guidance * (cond_out - plain)
         if hold:
-            p = hold_probabilities(torch.softmax(out.float(), dim=1), c[:, :-1])
+            p = hold_probabilities(torch.softmax(out.float(), dim=1), c[:, :out.shape[1]])
             out = torch.log(p.clamp_min(1e-12))
         return out
 

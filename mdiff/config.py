@@ -30,9 +30,11 @@ class UNetConfig:
                         "--yz or --dims 2 --no-augment)")
     condition: str = _f("none", "per-cube descriptors the model is conditioned on: fractions "
                                 "(each phase's volume fraction; sampling draws them from the "
-                                "training cubes, or takes --fractions targets), or none. 3D "
-                                "runs default to fractions (generated sets then vary as the "
-                                "real cubes do; docs/composition.md), 2D runs to none")
+                                "training cubes, or takes --fractions targets), connectivity "
+                                "(fractions and each phase's percolating fraction, drawn "
+                                "together; --targets perc:LABEL=V), or none. 3D runs default "
+                                "to fractions (generated sets then vary as the real cubes do; "
+                                "docs/composition.md), 2D runs to none")
     mean_input: bool = _f(False, "feed each phase channel's mean over the cube of x_t to the "
                                  "time embedding: the cube's composition, a faint offset at "
                                  "high noise that normalisation and local convolutions hardly "

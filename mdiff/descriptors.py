@@ -1,5 +1,6 @@
-"""Per-cube descriptors a model can be conditioned on, in one table: ``DESCRIPTORS`` (today
-each phase's volume fraction, "fractions"). Training computes a batch's from its cubes on the
+"""Per-cube descriptors a model can be conditioned on, in one table: ``DESCRIPTORS``: each
+phase's volume fraction ("fractions"), and those with each phase's percolating fraction
+("connectivity"). Training computes a batch's from its cubes on the
 fly (they must be invariant under the cube symmetries used); the checkpoint records them over
 the training cubes, so that sampling can draw each volume's (``mdiff.conditioning``); the
 U-Net embeds them (``mdiff.unet``). A new descriptor is one ``register`` call: its size for n
@@ -8,6 +9,11 @@ phases and its function of a one-hot batch.
 A condition is an (N, k + 1) tensor: the k descriptor values, then a 1 that says it is given;
 all zeros means "no condition" (the dropped case of training and the unconditional branch of
 classifier-free guidance).
+
+A descriptor made of named parts, one value per phase each (``parts``: "phi", then "perc"),
+takes targets by name and phase label (``parse_targets``: ``perc:0=0.9``); a target that names
+some values only is completed from the training cube nearest to it in those values
+(``complete``), so that every condition is a real cube's vector wherever it was not given.
 """
 from dataclasses import dataclass
 
@@ -21,15 +27,27 @@ class Descriptor:
     size: object  # size(phases) -> k, the number of values
     of_batch: object  # of_batch(x_start (N, n, D, H, W) one-hot in [-1, 1]) -> (N, k) tensor
     help: str = ""
+    parts: tuple = ()  # names of its groups of one value per phase, in column order
 
 
 DESCRIPTORS = {}
+# what each part's name means in --targets (docs/composition.md)
+PART_HELP = {"phi": "volume fraction",
+             "perc": "percolating fraction: share of the phase in 6-connected clusters that "
+                     "touch both faces of an axis, the mean over z, y and x"}
 
 
-def register(name, size, of_batch, help=""):
-    """Add a descriptor that models can be trained on (``--condition NAME``)."""
-    DESCRIPTORS[name] = Descriptor(size, of_batch, help)
+def register(name, size, of_batch, help="", parts=()):
+    """Add a descriptor that models can be trained on (``--condition NAME``). ``parts``:
+    the names of its groups of one value per phase (then ``size`` is len(parts) · phases)."""
+    DESCRIPTORS[name] = Descriptor(size, of_batch, help, tuple(parts))
     return DESCRIPTORS[name]
+
+
+def leads_with_fractions(kind):
+    """Whether a descriptor's first values are the phases' volume fractions (what holding
+    fractions and --fractions targets need)."""
+    return kind in DESCRIPTORS and DESCRIPTORS[kind].parts[:1] == ("phi",)
 
 
 def kinds():
@@ -52,8 +70,94 @@ def fractions(x_start):
     return ((x_start + 1) * 0.5).flatten(2).mean(dim=2)
 
 
-register("fractions", lambda phases: phases, fractions, "each phase's volume fraction")
-KINDS = kinds()  # the built-in ones (kinds() also counts those registered later)
+def percolating(x_start):
+    """(N, n, D, H, W) one-hot batch in [-1, 1] → (N, n) each phase's percolating fraction:
+    the share of its voxels in 6-connected clusters touching both faces normal to an axis,
+    the mean over the three axes (invariant under the cube symmetries); 0 where absent.
+    The clusters are labelled on the CPU (``mdiff.transport.cluster_faces``)."""
+    import torch
+
+    from . import transport
+    from .phases import PhaseMap
+
+    n = x_start.shape[1]
+    labels = x_start.detach().argmax(dim=1).to(torch.uint8).cpu().numpy()
+    phase_map = PhaseMap(list(range(n)))
+    out = np.zeros((len(labels), n), dtype=np.float32)
+    for b, cube in enumerate(labels):
+        for i in range(n):
+            faces = transport.cluster_faces(cube, phase_map, i)
+            shares = [transport.fractions(faces, axis)[0] for axis in transport.AXES]
+            out[b, i] = 0.0 if shares[0] is None else float(np.mean(shares))
+    return torch.from_numpy(out).to(x_start.device)
+
+
+def connectivity(x_start):
+    """(N, 2n): each phase's volume fraction, then its percolating fraction."""
+    import torch
+
+    return torch.cat([fractions(x_start).float(), percolating(x_start)], dim=1)
+
+
+register("fractions", lambda phases: phases, fractions, "each phase's volume fraction",
+         parts=("phi",))
+register("connectivity", lambda phases: 2 * phases, connectivity,
+         "each phase's volume fraction and percolating fraction, drawn together as a real "
+         "training cube's", parts=("phi", "perc"))
+KINDS = kinds()
+
+
+def columns(kind, labels):
+    """{(part, label): column} of a descriptor with named parts, for a model's labels."""
+    parts = DESCRIPTORS[kind].parts
+    return {(part, int(label)): k * len(labels) + i
+            for k, part in enumerate(parts) for i, label in enumerate(labels)}
+
+
+def parse_targets(text, kind, labels):
+    """"perc:0=0.9,phi:255=0.7" → {column: value} for a model conditioned on ``kind`` with
+    phase ``labels``; ValueError saying what is wrong."""
+    parts = DESCRIPTORS[kind].parts if kind in DESCRIPTORS else ()
+    cols = columns(kind, labels) if parts else {}
+    out = {}
+    for item in str(text).split(","):
+        key, sep, value = item.strip().partition("=")
+        name, sep2, label = key.partition(":")
+        try:
+            value, label = float(value), int(label)
+        except ValueError:
+            sep = ""
+        if not sep or not sep2:
+            raise ValueError(f"{item!r}: expected NAME:LABEL=VALUE, e.g. perc:0=0.9")
+        if name not in parts:
+            raise ValueError(f"{name!r} is not a descriptor this model was conditioned on "
+                             f"({kind}: {', '.join(parts) or 'none'})")
+        if (name, label) not in cols:
+            raise ValueError(f"label {label} is not a phase of this model (labels "
+                             f"{', '.join(map(str, labels))})")
+        if not 0 <= value <= 1:
+            raise ValueError(f"{item!r}: {name} is a share, in [0, 1]")
+        out[cols[(name, label)]] = value
+    return out
+
+
+def complete(recorded, given):
+    """A full descriptor vector (tuple) with the ``given`` {column: value} and, elsewhere,
+    the values of the training cube (a row of ``recorded``) nearest to them, each column's
+    distance in units of its spread over the training cubes."""
+    import torch
+
+    recorded = torch.as_tensor(recorded, dtype=torch.float64)
+    cols = sorted(given)
+    if len(cols) == recorded.shape[1]:
+        return tuple(float(given[c]) for c in range(recorded.shape[1]))
+    want = torch.tensor([given[c] for c in cols], dtype=torch.float64)
+    spread = recorded[:, cols].std(dim=0).clamp_min(1e-6) if len(recorded) > 1 \
+        else torch.ones(len(cols), dtype=torch.float64)
+    nearest = int(((recorded[:, cols] - want) / spread).square().sum(dim=1).argmin())
+    row = recorded[nearest].clone()
+    row[cols] = want
+    return tuple(float(v) for v in row)  # the built-in ones (kinds() also counts those registered later)
 
 
 def condition(values, keep=None):

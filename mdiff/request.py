@@ -55,6 +55,11 @@ class SampleRequest:
                                 "window is conditioned on the target at its centre. The API "
                                 "also takes it parsed: (axis, [(position, fractions), ...])",
                                 "--fractions-along", nargs="+", metavar="ARG")
+    targets: str = _f(None, "targets by descriptor and phase label, NAME:LABEL=VALUE,...: phi "
+                      "(volume fraction) and, for a model trained with --condition "
+                      "connectivity, perc (percolating fraction), e.g. perc:0=0.9,phi:0=0.2; "
+                      "values not given come from the training cube nearest to those given "
+                      "(docs/composition.md)", "--targets", metavar="NAME:LABEL=V,...")
     guidance: float = _f(None, "classifier-free guidance scale of a conditioned model (1: the "
                          "conditional model alone, one network call a step; > 1 follows the "
                          "condition harder, at two). Default: 1.4 where each volume's "

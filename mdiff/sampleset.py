@@ -139,6 +139,10 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
                 "axis": profile[0], "points": [[p, list(v)] for p, v in profile[1]]},
             "guidance": plan.guidance, "drawn": plan.drawn, "hold_fractions": plan.hold,
             "per_volume": gen.per_volume_conditions(plan.but(first=0), n)}
+        if gen.condition != "fractions" or request.targets is not None:
+            # the request's --targets and the whole vector each volume was conditioned on
+            condition.update(targets=request.targets, vector=None if plan.target is None
+                             else list(plan.target))
     return {"mdiff_version": __version__, "checkpoint": str(Path(ckpt).resolve()),
             "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n,
             "processes": processes, "size": list(plan.shape), "training_size": gen.patch,

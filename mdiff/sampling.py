@@ -64,7 +64,8 @@ class Generator:
             timesteps=self.diffusion.num_timesteps,
             activation_bytes=self.model.activation_bytes_per_voxel(),
             image_fractions=None if fractions is None else tuple(fractions.tolist()),
-            device=str(self.device))
+            device=str(self.device), labels=tuple(int(v) for v in self.phase_map.labels),
+            recorded=record.descriptors)
 
     def model_fn(self, x, t, *extra, cond=None, plane=None):
         """The network as the samplers call it: ``model(x_t, t)`` under the precision."""
@@ -77,11 +78,11 @@ class Generator:
             request = SampleRequest(**({} if request is None else {"size": request}), **fields)
         return planning.make_plan(self.facts, request)
 
-    def conditions(self, n, seed, first=0, fractions=None):
-        """(n, phases + 1) per-volume conditions: the target ``fractions`` for all, or each
-        volume's drawn from the training cubes by (seed, i) alone; None for an unconditioned
-        model."""
-        request = SampleRequest(count=n, fractions=fractions)
+    def conditions(self, n, seed, first=0, fractions=None, targets=None):
+        """(n, k + 1) per-volume conditions: the target (``fractions``, ``targets`` as
+        ``--targets`` takes them) for all, or each volume's drawn from the training cubes by
+        (seed, i) alone; None for an unconditioned model."""
+        request = SampleRequest(count=n, fractions=fractions, targets=targets)
         target, _ = planning.check_conditions(self.facts, request)
         if self.condition == "none":
             return None
