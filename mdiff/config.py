@@ -58,6 +58,11 @@ class DiffusionConfig:
                                "every t (> 1: noisier; Hoogeboom et al. 2023, Chen 2023)")
     self_condition: bool = _f(False, "feed the previous step's x0 estimate back as input "
                                      "channels (Chen et al. 2022)")
+    topology_weight: float = _f(0.0, "x0 objective: weight of a soft-clDice term (Shit et al. "
+                                     "2021) on the predicted phase probabilities beside the "
+                                     "cross-entropy: each phase's soft skeleton must lie in "
+                                     "the real phase and the real skeleton in the predicted "
+                                     "phase, so thin throats weigh as much as bulk; 0 = off")
 
 
 @dataclass(frozen=True)

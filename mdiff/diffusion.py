@@ -59,10 +59,11 @@ class GaussianDiffusion:
     ``self_condition``: the model takes the previous x̂_0 as a third argument (Chen et al. 2022)."""
 
     def __init__(self, betas, timestep_map=None, objective="eps", snr_gamma=0.0,
-                 self_condition=False):
+                 self_condition=False, topology_weight=0.0):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: use one of {OBJECTIVES}")
         self.objective = objective
+        self.topology_weight = float(topology_weight)
         self.snr_gamma = float(snr_gamma)
         self.self_condition = bool(self_condition)
         self.betas = betas = np.asarray(betas, dtype=np.float64)
@@ -95,7 +96,7 @@ class GaussianDiffusion:
         if cfg.snr_shift != 1.0:
             betas = shift_betas(betas, cfg.snr_shift)
         return cls(betas, objective=cfg.objective, snr_gamma=cfg.snr_gamma,
-                   self_condition=cfg.self_condition)
+                   self_condition=cfg.self_condition, topology_weight=cfg.topology_weight)
 
     def respace(self, steps):
         """A process over ``steps`` evenly spaced timesteps with the same ᾱ there
@@ -194,7 +195,11 @@ class GaussianDiffusion:
                 x_self[use] = guess[use].to(x_self.dtype)
         out = self.model_output(model, x_t, t, x_self)
         if self.objective == "x0":
-            return F.cross_entropy(out, x_start.argmax(1), reduction="none").flatten(1).mean(1)
+            loss = F.cross_entropy(out, x_start.argmax(1), reduction="none").flatten(1).mean(1)
+            if self.topology_weight > 0:
+                loss = loss + self.topology_weight * soft_cldice(
+                    torch.softmax(out.float(), dim=1), (x_start.float() + 1) * 0.5)
+            return loss
         a = _extract(self.sqrt_alphas_cumprod, t, x_start.ndim)
         s = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim)
         target = noise if self.objective == "eps" else a * noise - s * x_start
@@ -205,3 +210,56 @@ class GaussianDiffusion:
             clipped = snr.clamp(max=self.snr_gamma)
             loss = loss * (clipped / snr if self.objective == "eps" else clipped / (snr + 1))
         return loss
+
+
+def _along(p, axis, reduce, fill):
+    """``reduce`` (torch.minimum or torch.maximum) of each voxel and its two neighbours along
+    spatial ``axis``, the outside taken as ``fill``: shifted views, no pooling kernel."""
+    dim = 2 + axis
+    pad = [0, 0] * (p.ndim - 2)
+    pad[2 * (p.ndim - 1 - dim)] = pad[2 * (p.ndim - 1 - dim) + 1] = 1
+    x = F.pad(p, pad, value=fill)
+    n = p.shape[dim]
+    return reduce(reduce(x.narrow(dim, 0, n), x.narrow(dim, 1, n)), x.narrow(dim, 2, n))
+
+
+def _soft_erode(p):
+    """Soft erosion: the minimum over each voxel and its face neighbours along each axis, the
+    least of the axes (Shit et al.'s min-pools), for (N, C, H, W) or (N, C, D, H, W)."""
+    out = None
+    for axis in range(p.ndim - 2):
+        e = _along(p, axis, torch.minimum, 1.0)
+        out = e if out is None else torch.minimum(out, e)
+    return out
+
+
+def _soft_dilate(p):
+    """Soft dilation: the maximum over the 3 × 3 (× 3) neighbourhood, one axis at a time."""
+    for axis in range(p.ndim - 2):
+        p = _along(p, axis, torch.maximum, 0.0)
+    return p
+
+
+def soft_skeleton(p, iterations=3):
+    """The soft skeleton of probabilities p (Shit et al. 2021, clDice): what each of
+    ``iterations`` soft erosions leaves that a soft opening would remove, accumulated."""
+    skeleton = F.relu(p - _soft_dilate(_soft_erode(p)))
+    for _ in range(iterations):
+        p = _soft_erode(p)
+        delta = F.relu(p - _soft_dilate(_soft_erode(p)))
+        skeleton = skeleton + F.relu(delta - skeleton * delta)
+    return skeleton
+
+
+def soft_cldice(p, target, iterations=3, eps=1e-6):
+    """(N,) soft-clDice loss of predicted phase probabilities p against one-hot ``target``
+    (both (N, C, ...)), averaged over the phases present: 1 − the harmonic mean of topology
+    precision (the predicted skeleton's share inside the real phase) and sensitivity (the
+    real skeleton's share inside the predicted phase)."""
+    sp, st = soft_skeleton(p, iterations), soft_skeleton(target, iterations)
+    axes = tuple(range(2, p.ndim))
+    precision = ((sp * target).sum(axes) + eps) / (sp.sum(axes) + eps)
+    sensitivity = ((st * p).sum(axes) + eps) / (st.sum(axes) + eps)
+    dice = 2 * precision * sensitivity / (precision + sensitivity)
+    present = (target.sum(axes) > 0).float()
+    return ((1 - dice) * present).sum(1) / present.sum(1).clamp_min(1)

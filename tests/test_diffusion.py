@@ -208,3 +208,59 @@ def test_ddim_from_noised_volume_with_an_x0_oracle_returns_it():
     got = ddim_sample(process.denoiser(oracle), process, x0.shape[1:], [None, None], x_t=x_t,
                       start=12)
     torch.testing.assert_close(got, x0, rtol=0, atol=1e-3)
+
+
+def test_soft_morphology_equals_pooling_and_the_cldice_term_sees_a_broken_throat():
+    import torch.nn.functional as F
+
+    from mdiff.diffusion import _soft_dilate, _soft_erode, soft_cldice, soft_skeleton
+
+    x = torch.rand(2, 3, 7, 10, 9)
+    want = None
+    for kernel in ((3, 1, 1), (1, 3, 1), (1, 1, 3)):
+        e = -F.max_pool3d(-x, kernel, 1, tuple(k // 2 for k in kernel))
+        want = e if want is None else torch.minimum(want, e)
+    assert torch.equal(_soft_erode(x), want)
+    assert torch.equal(_soft_dilate(x), F.max_pool3d(x, 3, 1, 1))
+    image = torch.rand(2, 2, 9, 8)
+    assert torch.equal(_soft_dilate(image), F.max_pool2d(image, 3, 1, 1))
+    rod = torch.zeros(1, 2, 16, 16, 16)
+    rod[:, 1, :, 6:10, 6:10] = 1
+    rod[:, 0] = 1 - rod[:, 1]
+    skeleton = soft_skeleton(rod[:, 1:]) > 0.5
+    assert skeleton.any() and not (skeleton & (rod[:, 1:] == 0)).any()
+    assert soft_cldice(rod, rod).item() == pytest.approx(0, abs=1e-6)
+    broken = rod.clone()
+    broken[:, 1, 7:9] = 0
+    broken[:, 0] = 1 - broken[:, 1]
+    thinner = rod.clone()  # the same voxels lost from the rod's side instead of its throat
+    thinner[:, 1, :, 6, 6:8] = 0
+    thinner[:, 0] = 1 - thinner[:, 1]
+    assert soft_cldice(broken, rod).item() > soft_cldice(thinner, rod).item() + 0.1
+    logits = torch.randn(2, 2, 16, 16, 16, requires_grad=True)
+    soft_cldice(torch.softmax(logits, 1), rod.repeat(2, 1, 1, 1, 1)).sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_the_topology_term_adds_to_the_x0_loss_only_where_weighted():
+    from mdiff.config import DiffusionConfig
+
+    torch.manual_seed(0)
+    x = torch.zeros(2, 2, 8, 8, 8)
+    x[:, 1, :, 2:5, 2:5] = 1
+    x = x.where(torch.arange(2)[None, :, None, None, None] == 1, 1 - x[:, 1:2])
+    x_start = x * 2 - 1
+    t, noise = torch.tensor([10, 60]), torch.randn_like(x_start)
+    logits = torch.randn_like(x_start)
+
+    def model(x_t, tt):
+        return logits
+
+    plain = GaussianDiffusion.from_config(DiffusionConfig(timesteps=100, objective="x0"))
+    weighted = GaussianDiffusion.from_config(DiffusionConfig(timesteps=100, objective="x0",
+                                                             topology_weight=0.5))
+    from mdiff.diffusion import soft_cldice
+
+    extra = 0.5 * soft_cldice(torch.softmax(logits, 1), x)
+    assert torch.allclose(weighted.training_losses(model, x_start, t, noise),
+                          plain.training_losses(model, x_start, t, noise) + extra)

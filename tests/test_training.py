@@ -239,6 +239,14 @@ def test_cli_objective_flags(data_file, tmp_path, capsys):
                        "--snr-gamma", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use --objective eps or v" in err
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r3"),
+                       "--objective", "eps", "--topology-weight", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use --objective x0" in err
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r4"),
+                       "--steps", "2", "--topology-weight", "0.1"]) == 0
+    assert json.loads((tmp_path / "r4" / "config.json").read_text())["diffusion"][
+        "topology_weight"] == 0.1
 
 
 def test_busy_warning_only_for_a_many_thread_job_on_a_loaded_machine(monkeypatch):

@@ -1,0 +1,80 @@
+"""Does a connectivity-conditioned model follow its percolating-fraction condition?
+
+    python benchmarks/connectivity_targets.py CKPT --label 0 --name berea_1600
+
+For the 25th, 50th and 75th percentiles of one phase's percolating fraction over the training
+cubes (``--percentiles``) and each ``--guidance``, generate ``--count`` volumes with
+``--targets perc:LABEL=Q`` (the other values from the nearest training cube), and report the
+generated volumes' percolating fraction and volume fraction of that phase (mean and sd, each
+volume's the mean over z, y, x as the descriptor defines it) against the target, and the
+spread of the training cubes' percolating fraction (a target "met" lies within 0.3 of it).
+Writes benchmarks/results/connectivity_targets_<name>.json and prints a table.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import mdiff
+from mdiff import descriptors
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--label", type=int, required=True, help="the phase whose target is set")
+    ap.add_argument("--count", type=int, default=16)
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--percentiles", type=float, nargs="+", default=[25, 50, 75])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--name", required=True)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = mdiff.load(args.checkpoint, device="cpu")
+    labels = [int(v) for v in gen.phase_map.labels]
+    cols = descriptors.columns(gen.condition, labels)
+    i = labels.index(args.label)
+    recorded = gen.record.descriptors.numpy()
+    perc = recorded[:, cols[("perc", args.label)]]
+    rows = []
+    for q in args.percentiles:
+        target = float(np.percentile(perc, q))
+        for w in args.guidance:
+            start = time.perf_counter()
+            volumes = gen.sample(args.count, seed=args.seed, guidance=w,
+                                 targets=f"perc:{args.label}={target:.4f}")
+            x = torch.stack([gen.phase_map.encode(v) for v in volumes])
+            got = descriptors.of_batch(gen.condition, x).numpy()
+            row = {"percentile": q, "target": target, "guidance": w,
+                   "perc_mean": float(got[:, cols[("perc", args.label)]].mean()),
+                   "perc_sd": float(got[:, cols[("perc", args.label)]].std(ddof=1)),
+                   "phi_mean": float(got[:, i].mean()),
+                   "seconds": time.perf_counter() - start}
+            row["error_in_training_sd"] = abs(row["perc_mean"] - target) / float(perc.std())
+            rows.append(row)
+            print(f"p{q:g} target {target:.3f}  W {w:g}: perc {row['perc_mean']:.3f} ± "
+                  f"{row['perc_sd']:.3f} (error {row['error_in_training_sd']:.2f} training sd)"
+                  f", phi {row['phi_mean']:.3f}", flush=True)
+    out = {"command": "python benchmarks/connectivity_targets.py " + " ".join(
+               sys.argv[1:] if argv is None else argv),
+           "checkpoint_step": gen.step, "label": args.label, "count": args.count,
+           "training_perc": {"mean": float(perc.mean()), "sd": float(perc.std()),
+                             "cubes": int(len(perc))},
+           "training_phi_mean": float(recorded[:, i].mean()), "rows": rows}
+    path = HERE / "results" / f"connectivity_targets_{args.name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()
