@@ -8,6 +8,9 @@ cubes (``--percentiles``) and each ``--guidance``, generate ``--count`` volumes 
 generated volumes' percolating fraction and volume fraction of that phase (mean and sd, each
 volume's the mean over z, y, x as the descriptor defines it) against the target, and the
 spread of the training cubes' percolating fraction (a target "met" lies within 0.3 of it).
+The completed vector then takes its fractions from a training cube of about that percolating
+fraction; ``--phi F`` fixes the phase's fraction too (``--targets phi:LABEL=F,perc:...``),
+which asks whether the network reads the percolating fraction itself.
 Writes benchmarks/results/connectivity_targets_<name>.json and prints a table.
 """
 import argparse
@@ -32,6 +35,9 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0])
     ap.add_argument("--percentiles", type=float, nargs="+", default=[25, 50, 75])
+    ap.add_argument("--phi", type=float, default=None, help="also a target fraction")
+    ap.add_argument("--targets", type=float, nargs="*", default=[],
+                    help="percolating fractions to target besides the percentiles")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--name", required=True)
@@ -45,12 +51,14 @@ def main(argv=None):
     recorded = gen.record.descriptors.numpy()
     perc = recorded[:, cols[("perc", args.label)]]
     rows = []
-    for q in args.percentiles:
-        target = float(np.percentile(perc, q))
+    points = [(q, float(np.percentile(perc, q))) for q in args.percentiles]
+    points += [(None, t) for t in args.targets]
+    phi = "" if args.phi is None else f"phi:{args.label}={args.phi},"
+    for q, target in points:
         for w in args.guidance:
             start = time.perf_counter()
             volumes = gen.sample(args.count, seed=args.seed, guidance=w,
-                                 targets=f"perc:{args.label}={target:.4f}")
+                                 targets=f"{phi}perc:{args.label}={target:.4f}")
             x = torch.stack([gen.phase_map.encode(v) for v in volumes])
             got = descriptors.of_batch(gen.condition, x).numpy()
             row = {"percentile": q, "target": target, "guidance": w,
@@ -60,12 +68,13 @@ def main(argv=None):
                    "seconds": time.perf_counter() - start}
             row["error_in_training_sd"] = abs(row["perc_mean"] - target) / float(perc.std())
             rows.append(row)
-            print(f"p{q:g} target {target:.3f}  W {w:g}: perc {row['perc_mean']:.3f} ± "
+            print(f"{'p%g' % q if q is not None else 'at'} target {target:.3f}  W {w:g}: perc {row['perc_mean']:.3f} ± "
                   f"{row['perc_sd']:.3f} (error {row['error_in_training_sd']:.2f} training sd)"
                   f", phi {row['phi_mean']:.3f}", flush=True)
     out = {"command": "python benchmarks/connectivity_targets.py " + " ".join(
                sys.argv[1:] if argv is None else argv),
            "checkpoint_step": gen.step, "label": args.label, "count": args.count,
+           "phi_target": args.phi,
            "training_perc": {"mean": float(perc.mean()), "sd": float(perc.std()),
                              "cubes": int(len(perc))},
            "training_phi_mean": float(recorded[:, i].mean()), "rows": rows}
