@@ -324,14 +324,37 @@ cdef inline void _union(int32_t* parent, int32_t i, int32_t j) noexcept nogil:
         parent[i] = j
 
 
+cdef void _forest(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
+                  int32_t* parent) noexcept nogil:
+    """The union-find forest of ``phase``'s face-connected clusters over the voxels' flat
+    indices, in one raster pass: each voxel of the phase joins its -z, -y, -x neighbours of
+    the phase (every root is then its cluster's first voxel: ``_union`` keeps the smaller
+    index); -1 for voxels of other phases."""
+    cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
+    cdef int32_t i = 0
+    for a in range(D):
+        for b in range(H):
+            for c in range(W):
+                if lut[vol[a, b, c]] == phase:
+                    parent[i] = i
+                    if a > 0 and lut[vol[a - 1, b, c]] == phase:
+                        _union(parent, i, i - <int32_t> (H * W))
+                    if b > 0 and lut[vol[a, b - 1, c]] == phase:
+                        _union(parent, i, i - <int32_t> W)
+                    if c > 0 and lut[vol[a, b, c - 1]] == phase:
+                        _union(parent, i, i - 1)
+                else:
+                    parent[i] = -1
+                i += 1
+
+
 def cluster_faces(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
                   uint8_t[:, :, ::1] out):
     """For every voxel of ``phase``: IN_PHASE | the window faces its face-connected
     (6-connected) cluster touches, bits 1/2 z = 0 / D - 1, 4/8 y, 16/32 x; 0 elsewhere.
 
-    Union-find over the voxels' flat indices in one raster pass (each voxel joins its -z, -y,
-    -x neighbours of the same phase), then the faces of each voxel are or-ed into its root and
-    read back. Needs 4 bytes a voxel for the forest (int32: at most 2^31 - 1 voxels)."""
+    The union-find forest of ``_forest``, then the faces of each voxel are or-ed into its root
+    and read back. Needs 4 bytes a voxel for the forest (int32: at most 2^31 - 1 voxels)."""
     cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
     cdef int32_t i, r
     cdef uint8_t f
@@ -339,21 +362,7 @@ def cluster_faces(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
     cdef int32_t[::1] fv = forest
     cdef int32_t* parent = &fv[0]
     with nogil:
-        i = 0
-        for a in range(D):
-            for b in range(H):
-                for c in range(W):
-                    if lut[vol[a, b, c]] == phase:
-                        parent[i] = i
-                        if a > 0 and lut[vol[a - 1, b, c]] == phase:
-                            _union(parent, i, i - <int32_t> (H * W))
-                        if b > 0 and lut[vol[a, b - 1, c]] == phase:
-                            _union(parent, i, i - <int32_t> W)
-                        if c > 0 and lut[vol[a, b, c - 1]] == phase:
-                            _union(parent, i, i - 1)
-                    else:
-                        parent[i] = -1
-                    i += 1
+        _forest(vol, lut, phase, parent)
         for a in range(D):
             for b in range(H):
                 for c in range(W):
@@ -395,8 +404,8 @@ def cluster_sizes(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase)
     """Voxel counts of ``phase``'s face-connected (6-connected) clusters, int64, in the raster
     order of each cluster's first voxel.
 
-    The union-find pass of ``cluster_faces`` (every root is its cluster's first voxel, as
-    ``_union`` keeps the smaller index), then the roots are counted, and a second raster pass
+    The union-find forest of ``_forest`` (every root is its cluster's first voxel), then the
+    roots are counted, and a second raster pass
     marks each root, when reached, with its cluster's number (as -2 - number: -1 is a voxel
     of another phase; the members after it stop there) and adds every voxel to its root's
     count. 4 bytes a voxel."""
@@ -407,21 +416,7 @@ def cluster_sizes(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase)
     cdef int32_t[::1] fv = forest
     cdef int32_t* parent = &fv[0]
     with nogil:
-        i = 0
-        for a in range(D):
-            for b in range(H):
-                for c in range(W):
-                    if lut[vol[a, b, c]] == phase:
-                        parent[i] = i
-                        if a > 0 and lut[vol[a - 1, b, c]] == phase:
-                            _union(parent, i, i - <int32_t> (H * W))
-                        if b > 0 and lut[vol[a, b - 1, c]] == phase:
-                            _union(parent, i, i - <int32_t> W)
-                        if c > 0 and lut[vol[a, b, c - 1]] == phase:
-                            _union(parent, i, i - 1)
-                    else:
-                        parent[i] = -1
-                    i += 1
+        _forest(vol, lut, phase, parent)
         for i in range(<int32_t> (D * H * W)):
             if parent[i] == i:
                 n_roots += 1
