@@ -144,7 +144,9 @@ def parse_targets(text, kind, labels):
 def complete(recorded, given):
     """A full descriptor vector (tuple) with the ``given`` {column: value} and, elsewhere,
     the values of the training cube (a row of ``recorded``) nearest to them, each column's
-    distance in units of its spread over the training cubes."""
+    distance in units of its spread over the training cubes. Among cubes equally near (a
+    quarter of a sandstone's cubes percolate fully: perc = 1), the one whose other values lie
+    nearest the training cubes' mean."""
     import torch
 
     recorded = torch.as_tensor(recorded, dtype=torch.float64)
@@ -154,7 +156,13 @@ def complete(recorded, given):
     want = torch.tensor([given[c] for c in cols], dtype=torch.float64)
     spread = recorded[:, cols].std(dim=0).clamp_min(1e-6) if len(recorded) > 1 \
         else torch.ones(len(cols), dtype=torch.float64)
-    nearest = int(((recorded[:, cols] - want) / spread).square().sum(dim=1).argmin())
+    distance = ((recorded[:, cols] - want) / spread).square().sum(dim=1)
+    tied = torch.nonzero(distance <= distance.min() + 1e-12).flatten()
+    others = [c for c in range(recorded.shape[1]) if c not in given]
+    rest = recorded[tied][:, others]
+    typical = ((rest - recorded[:, others].mean(dim=0))
+               / recorded[:, others].std(dim=0).clamp_min(1e-6)).square().sum(dim=1)
+    nearest = int(tied[typical.argmin()])
     row = recorded[nearest].clone()
     row[cols] = want
     return tuple(float(v) for v in row)  # the built-in ones (kinds() also counts those registered later)

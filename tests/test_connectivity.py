@@ -71,6 +71,14 @@ def test_draws_are_whole_vectors_of_real_training_cubes(connected):
         assert all(tuple(c) in rows for c in call[:, :-1].tolist())
 
 
+def test_among_tied_cubes_the_completion_takes_the_most_typical():
+    recorded = torch.tensor([[0.05, 0.95, 1.0, 1.0], [0.30, 0.70, 1.0, 1.0],
+                             [0.20, 0.80, 1.0, 1.0], [0.10, 0.90, 0.2, 1.0],
+                             [0.25, 0.75, 0.6, 1.0]])
+    got = descriptors.complete(recorded, {2: 1.0})
+    assert got[:2] == pytest.approx((0.20, 0.80))  # the tied cube nearest the mean fraction
+
+
 def test_a_target_is_completed_from_the_nearest_training_cube(connected):
     gen = mdiff.load(connected, device="cpu")
     recorded = gen.record.descriptors.double()
