@@ -126,9 +126,10 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
     out = out_uncond + w (out_cond − out_uncond), both branches in one call.
 
     ``hold`` (x0 objective, a condition that leads with fractions): each window's phase
-    probabilities are scaled to its own condition's fractions at every call (``multiplane.hold_probabilities``,
-    the 3D form of a 2D model's fraction matching), returned as log-probabilities, which the
-    x0 objective's softmax reads back as those probabilities."""
+    probabilities are scaled to its own condition's fractions at every call
+    (``multiplane.hold_probabilities``, the 3D form of a 2D model's fraction matching),
+    returned as log-probabilities, which the x0 objective's softmax reads back as those
+    probabilities."""
     if cond is None:
         return model_fn
     per_call = cond if isinstance(cond, list) else [cond]

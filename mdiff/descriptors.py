@@ -104,7 +104,7 @@ register("fractions", lambda phases: phases, fractions, "each phase's volume fra
 register("connectivity", lambda phases: 2 * phases, connectivity,
          "each phase's volume fraction and percolating fraction, drawn together as a real "
          "training cube's", parts=("phi", "perc"))
-KINDS = kinds()
+KINDS = kinds()  # the built-in ones (kinds() also counts those registered later)
 
 
 def columns(kind, labels):
@@ -165,7 +165,7 @@ def complete(recorded, given):
     nearest = int(tied[typical.argmin()])
     row = recorded[nearest].clone()
     row[cols] = want
-    return tuple(float(v) for v in row)  # the built-in ones (kinds() also counts those registered later)
+    return tuple(float(v) for v in row)
 
 
 def condition(values, keep=None):

@@ -213,8 +213,8 @@ def format_report(result):
             "Transport (per axis; 6-connected clusters, unlike chi's 26): perc. = share of the "
             "phase's voxels in clusters touching both faces normal to the axis, isolated = in "
             "clusters touching no face; largest = in the largest cluster, clusters = their "
-            "number (the size distribution is in --json); D_eff/D from steady diffusion in the phase with unit "
-            "concentration difference between those faces (half a voxel beyond the end "
+            "number (the size distribution is in --json); D_eff/D from steady diffusion in "
+            "the phase with unit concentration difference between those faces (half a voxel beyond the end "
             "voxels) and no flux elsewhere; tau = tortuosity factor = phi D / D_eff "
             "(TauFactor's convention, inf: no path). Solved by preconditioned CG to a flux "
             f"spread of {t['tolerance']:g} on {t['device']}; * = not converged to it.")

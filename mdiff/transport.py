@@ -41,12 +41,17 @@ ALL_FACES = 63
 DEFAULT_TOL = 1e-3  # relative spread of the plane fluxes
 
 
-def cluster_faces(volume, phase_map, phase):
-    """uint8 volume: for voxels of phase index ``phase``, 64 | the window faces their
-    6-connected cluster touches (bits z0 1, z1 2, y0 4, y1 8, x0 16, x1 32); 0 elsewhere."""
+def _check_labelling(volume):
+    """One line for a volume whose flat indices overflow the kernels' int32 forest."""
     if volume.size >= 2**31:
         raise MdiffError(f"transport: {volume.size} voxels; cluster labelling handles at most "
                          "2^31 - 1 (crop the volume or measure sub-volumes)")
+
+
+def cluster_faces(volume, phase_map, phase):
+    """uint8 volume: for voxels of phase index ``phase``, 64 | the window faces their
+    6-connected cluster touches (bits z0 1, z1 2, y0 4, y1 8, x0 16, x1 32); 0 elsewhere."""
+    _check_labelling(volume)
     out = np.empty(volume.shape, dtype=np.uint8)
     _metrics.cluster_faces(volume, phase_map.lut(volume.dtype), int(phase), out)
     return out
@@ -55,9 +60,7 @@ def cluster_faces(volume, phase_map, phase):
 def cluster_sizes(volume, phase_map, phase):
     """int64 voxel counts of the 6-connected clusters of phase index ``phase``, in the raster
     order of each cluster's first voxel (``scipy.ndimage.label``'s order)."""
-    if volume.size >= 2**31:
-        raise MdiffError(f"transport: {volume.size} voxels; cluster labelling handles at most "
-                         "2^31 - 1 (crop the volume or measure sub-volumes)")
+    _check_labelling(volume)
     return _metrics.cluster_sizes(volume, phase_map.lut(volume.dtype), int(phase))
 
 
