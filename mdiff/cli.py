@@ -249,6 +249,11 @@ def metrics_main(argv=None):
     parser.add_argument("--voxel-size", type=float, metavar="L",
                         help="isotropic voxel size: S_V per length, chi_V per volume")
     parser.add_argument("--plot", metavar="FILE.png", help="S2 curves (and sub-volume figures)")
+    parser.add_argument("--sizes", action="store_true",
+                        help="also each phase's mean local thickness (a radius: the largest "
+                             "ball inside the phase that holds each voxel, PoreSpy's "
+                             "local_thickness) and mean chord length, in length units "
+                             "(mdiff-evaluate always judges them on its cubes)")
     parser.add_argument("--transport", action="store_true",
                         help="also percolation (6-connected), effective diffusivity D_eff/D and "
                              "tortuosity factor per phase and axis (steady diffusion, "
@@ -278,7 +283,8 @@ def metrics_main(argv=None):
             _check_plot_target(args.plot)
         result = report.measure(args.files, args.s2_max, args.boundary, args.subvolume,
                                 args.voxel_size, transport=args.transport,
-                                transport_tol=args.transport_tol, device=args.device)
+                                transport_tol=args.transport_tol, device=args.device,
+                                sizes=args.sizes)
         print(report.to_json(result) if args.json else report.format_report(result))
         if args.plot:
             report.plot(result, args.plot)

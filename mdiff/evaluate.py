@@ -41,7 +41,7 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
     def one(cube):
         return metrics.describe(cube, phase_map, s2_max, "closed", threads=1,
                                 transport=transport, transport_tol=transport_tol,
-                                device=device)
+                                device=device, sizes=True)
 
     workers = 1 if transport and str(device) != "cpu" else metrics.default_threads()
     out = []

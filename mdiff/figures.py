@@ -22,12 +22,14 @@ class Figure:
     key: str  # the key in a phase entry
     short: str  # its name in tables and plots
     fmt: str  # its number format
-    unit: str = ""  # "" (a pure number), "1/length", "1/volume"
+    unit: str = ""  # "" (a pure number), "length", "1/length", "1/volume"
     judged: bool = True  # mdiff-evaluate gives it a verdict
     transport: bool = False  # measured with --transport only (per axis; a cube's value is
     # the mean over the axes, and 0 for a phase that is absent)
     higher_is_better: object = None  # True, False or None (no direction)
     measure: object = None  # measure(volume, phase_map, i, periodic) -> float, or None
+    extra: str = ""  # "sizes": measured only when asked (describe(sizes=True), mdiff-metrics
+    # --sizes; mdiff-evaluate always, on its small cubes), "" always
     help: str = ""
 
     def value(self, phase):
@@ -61,10 +63,28 @@ def of_phase(phase, judged=None):
             if f.key in phase or (f.transport and any(f.key in t for t in per_axis))]
 
 
-def measured(volume, phase_map, periodic):
-    """The figures with their own ``measure``: {key: [value of each phase]}."""
-    return {f.key: [f.measure(volume, phase_map, i, periodic) for i in range(phase_map.n)]
-            for f in FIGURES.values() if f.measure is not None}
+POWERS = {"": 0, "length": 1, "1/length": -1, "1/volume": -3}  # of the voxel size, per unit
+
+
+def measured(volume, phase_map, periodic, voxel_size=1.0, extras=()):
+    """The figures with their own ``measure`` (those with an ``extra`` only when it is in
+    ``extras``): {key: [value of each phase]}, measured in voxel units and scaled to
+    ``voxel_size`` by their unit."""
+    return {f.key: [f.measure(volume, phase_map, i, periodic) * voxel_size ** POWERS[f.unit]
+                    for i in range(phase_map.n)]
+            for f in FIGURES.values() if f.measure is not None and f.extra in ("", *extras)}
+
+
+def _thickness(volume, phase_map, i, periodic):
+    from . import sizes
+
+    return sizes.mean_thickness(volume, phase_map, i, periodic)
+
+
+def _chord(volume, phase_map, i, periodic):
+    from . import sizes
+
+    return sizes.mean_chord(volume, phase_map, i, periodic)
 
 
 register("volume_fraction", "phi", "{:.4f}", help="volume fraction")
@@ -74,6 +94,12 @@ register("specific_surface_area_faces", "S_V faces", "{:.4g}", unit="1/length", 
          help="specific surface area by voxel-face count (~1.5x a smooth surface)")
 register("euler_density", "chi_V", "{:.3e}", unit="1/volume",
          help="Euler characteristic per volume (26-connected phase)")
+register("local_thickness", "thick.", "{:.3g}", unit="length", measure=_thickness, extra="sizes",
+         help="mean local thickness over the phase's voxels, as a radius: the largest ball "
+              "inside the phase that holds the voxel (PoreSpy's local_thickness; mdiff.sizes)")
+register("mean_chord_length", "chord", "{:.3g}", unit="length", measure=_chord, extra="sizes",
+         help="mean length of the phase's chords along z, y and x that end inside the window "
+              "(PoreSpy's chords with trim_edges)")
 register("percolating_fraction", "perc.", "{:.4f}", transport=True, higher_is_better=None,
          help="share of the phase in 6-connected clusters touching both faces of an axis")
 register("isolated_fraction", "isol.", "{:.4f}", transport=True,

@@ -13,7 +13,7 @@ import numpy as np
 from . import metrics
 from ._version import __version__
 from .errors import MdiffError
-from .figures import of_phase, table
+from .figures import of_phase
 from .grid import grid_cubes
 from .io import read_volume
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
@@ -56,7 +56,7 @@ def _mean_std(values):
 
 
 def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None, warn=None,
-            transport=False, transport_tol=None, device="cpu"):
+            transport=False, transport_tol=None, device="cpu", sizes=False):
     """Read and describe every file with one shared phase map; the ``--json`` object."""
     warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
     volumes = [read_volume(p) for p in paths]
@@ -74,12 +74,12 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
     result = {"mdiff_version": __version__, "boundary": boundary, "volumes": []}
     if voxel_size is not None:
         result["voxel_size"] = voxel_size
-    kw = {}
+    kw = {"sizes": sizes}
     if transport:
         from .transport import DEFAULT_TOL
 
-        kw = {"transport": True, "transport_tol": transport_tol or DEFAULT_TOL, "device": device,
-              "log": lambda text: print(text, file=sys.stderr, flush=True)}
+        kw.update(transport=True, transport_tol=transport_tol or DEFAULT_TOL, device=device,
+                  log=lambda text: print(text, file=sys.stderr, flush=True))
         result["transport"] = {"connectivity": 6, "tolerance": kw["transport_tol"],
                                "criterion": "relative spread of the flux through planes",
                                "device": str(device)}
@@ -119,7 +119,7 @@ def compare(ref, other, subvolume=None):
         sets = compare_sets(ref["subvolumes"], other["subvolumes"])
     for i, (rp, op) in enumerate(zip(ref["phases"], other["phases"])):
         row = {"label": rp["label"]}
-        for key in (f.key for f in table()):
+        for key in (f.key for f in of_phase(rp) if not f.transport):
             cell = {"reference": rp[key], "value": op[key],
                     "relative_difference": _relative(op[key], rp[key])}
             if subvolume:
@@ -224,7 +224,8 @@ def format_report(result):
 def _phase_rows(vols, i, w=14):
     """Every figure of the table and χ of phase i in every volume, with differences."""
     phase, lines = vols[0]["phases"][i], []
-    for key, short, fmt in [(f.key, f.short, f.fmt) for f in table()] + [("chi", "chi", "{:d}")]:
+    rows = [(f.key, f.short, f.fmt) for f in of_phase(phase) if not f.transport]
+    for key, short, fmt in rows + [("chi", "chi", "{:d}")]:
         cells = []
         for j, v in enumerate(vols):
             p = v["phases"][i]
@@ -333,8 +334,10 @@ def plot(result, path):
     sub = "subvolumes" in vols[0]
     moves = "transport" in vols[0]["phases"][0]
     rows = 1 + sub + moves
-    fig, axes = plt.subplots(rows, max(n, 3), figsize=(4 * max(n, 3), 3.4 * rows),
-                             squeeze=False)
+    first = vols[0]["subvolumes"]["phases"][0] if sub else {}
+    judged = [(f.key, f.short) for f in of_phase(first, judged=True) if not f.transport]
+    cols = max(n, 3, len(judged))  # a sub-volume panel per judged figure
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
     styles = {"z": "-", "y": "--", "x": ":"}
     for i in range(n):
         ax = axes[0, i]
@@ -349,7 +352,7 @@ def plot(result, path):
     for k in range(n, axes.shape[1]):
         axes[0, k].axis("off")
     if sub:
-        for k, (key, short) in enumerate((f.key, f.short) for f in table(judged=True)):
+        for k, (key, short) in enumerate(judged):
             ax = axes[1, k]
             for j, v in enumerate(vols):
                 for i in range(n):
@@ -359,7 +362,7 @@ def plot(result, path):
             ax.set_xticks(range(n), [str(p["label"]) for p in vols[0]["phases"]])
             ax.set_title(f"{short} per sub-volume (mean ± std)")
         axes[1, 0].legend(fontsize=7)
-        for k in range(len(table(judged=True)), axes.shape[1]):
+        for k in range(len(judged), axes.shape[1]):
             axes[1, k].axis("off")
     if moves:
         _plot_transport(axes[rows - 1], vols)

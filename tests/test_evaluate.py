@@ -197,7 +197,8 @@ def test_evaluate_json_contract(files, capsys):
                           "--permutations", "50"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["cube"] == 16 and out["real"]["count"] == 3 * 2 * 2
-    assert out["figures"] == len(out["verdicts"]) == 3 * 4 + 1  # + TPB
+    # per phase: phi, S_V, chi_V, local thickness, chord length, S2; then TPB
+    assert out["figures"] == len(out["verdicts"]) == 3 * 6 + 1
     assert out["as_real"] == sum(v["verdict"] == "as real" for v in out["verdicts"])
     for v in out["verdicts"]:
         assert {"set", "phase", "figure", "d", "spread_ratio", "w1_over_sd", "ks_p",
