@@ -32,7 +32,9 @@ class UNetConfig:
                                 "(each phase's volume fraction; sampling draws them from the "
                                 "training cubes, or takes --fractions targets), connectivity "
                                 "(fractions and each phase's percolating fraction, drawn "
-                                "together; --targets perc:LABEL=V), or none. 3D runs default "
+                                "together; --targets perc:LABEL=V), sizes (fractions and "
+                                "each phase's mean local thickness, drawn together; --targets "
+                                "thick:LABEL=VOXELS), or none. 3D runs default "
                                 "to fractions (generated sets then vary as the real cubes do; "
                                 "docs/composition.md), 2D runs to none")
     mean_input: bool = _f(False, "feed each phase channel's mean over the cube of x_t to the "

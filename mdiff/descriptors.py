@@ -34,7 +34,11 @@ DESCRIPTORS = {}
 # what each part's name means in --targets (docs/composition.md)
 PART_HELP = {"phi": "volume fraction",
              "perc": "percolating fraction: share of the phase in 6-connected clusters that "
-                     "touch both faces of an axis, the mean over z, y and x"}
+                     "touch both faces of an axis, the mean over z, y and x",
+             "thick": "mean local thickness, voxels: the radius of the largest ball inside "
+                      "the phase that holds a voxel, the mean over the phase's voxels"}
+# the values each part takes in --targets (a share, or a length in voxels)
+PART_RANGE = {"phi": (0.0, 1.0), "perc": (0.0, 1.0), "thick": (0.0, float("inf"))}
 
 
 def register(name, size, of_batch, help="", parts=()):
@@ -99,11 +103,32 @@ def connectivity(x_start):
     return torch.cat([fractions(x_start).float(), percolating(x_start)], dim=1)
 
 
+def thickness(x_start):
+    """(N, n+n): each phase's volume fraction, then its mean local thickness in voxels (a
+    radius; ``mdiff.sizes``, on the CPU; 0 where absent), invariant under the cube
+    symmetries: how large the phase's pieces are, which fractions alone leave free."""
+    import torch
+
+    from . import sizes
+    from .phases import PhaseMap
+
+    n = x_start.shape[1]
+    labels = x_start.detach().argmax(dim=1).to(torch.uint8).cpu().numpy()
+    phase_map = PhaseMap(list(range(n)))
+    out = np.array([[sizes.mean_thickness(cube, phase_map, i) for i in range(n)]
+                    for cube in labels], dtype=np.float32).reshape(len(labels), n)
+    return torch.cat([fractions(x_start).float(), torch.from_numpy(out).to(x_start.device)],
+                     dim=1)
+
+
 register("fractions", lambda phases: phases, fractions, "each phase's volume fraction",
          parts=("phi",))
 register("connectivity", lambda phases: 2 * phases, connectivity,
          "each phase's volume fraction and percolating fraction, drawn together as a real "
          "training cube's", parts=("phi", "perc"))
+register("sizes", lambda phases: 2 * phases, thickness,
+         "each phase's volume fraction and mean local thickness, drawn together as a real "
+         "training cube's", parts=("phi", "thick"))
 KINDS = kinds()  # the built-in ones (kinds() also counts those registered later)
 
 
@@ -135,8 +160,10 @@ def parse_targets(text, kind, labels):
         if (name, label) not in cols:
             raise ValueError(f"label {label} is not a phase of this model (labels "
                              f"{', '.join(map(str, labels))})")
-        if not 0 <= value <= 1:
-            raise ValueError(f"{item!r}: {name} is a share, in [0, 1]")
+        low, high = PART_RANGE.get(name, (0.0, 1.0))
+        if not low <= value <= high:
+            raise ValueError(f"{item!r}: {name} is " + ("a share, in [0, 1]" if high == 1
+                                                        else f"at least {low:g}"))
         out[cols[(name, label)]] = value
     return out
 

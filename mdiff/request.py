@@ -57,7 +57,8 @@ class SampleRequest:
                                 "--fractions-along", nargs="+", metavar="ARG")
     targets: str = _f(None, "targets by descriptor and phase label, NAME:LABEL=VALUE,...: phi "
                       "(volume fraction) and, for a model trained with --condition "
-                      "connectivity, perc (percolating fraction), e.g. perc:0=0.9,phi:0=0.2; "
+                      "connectivity, perc (percolating fraction), for --condition sizes, "
+                      "thick (mean local thickness, voxels), e.g. perc:0=0.9,phi:0=0.2; "
                       "values not given come from the training cube nearest to those given "
                       "(docs/composition.md)", "--targets", metavar="NAME:LABEL=V,...")
     guidance: float = _f(None, "classifier-free guidance scale of a conditioned model (1: the "
