@@ -2,6 +2,9 @@
 
     python benchmarks/connectivity_targets.py CKPT --label 0 --name berea_1600
 
+``--part thick`` asks the same of a model conditioned on sizes (``--condition sizes``) and its
+mean local thickness; the text below says "percolating fraction" for whichever part it is.
+
 For the 25th, 50th and 75th percentiles of one phase's percolating fraction over the training
 cubes (``--percentiles``) and each ``--guidance``, generate ``--count`` volumes with
 ``--targets perc:LABEL=Q`` (the other values from the nearest training cube), and report the
@@ -38,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--phi", type=float, default=None, help="also a target fraction")
     ap.add_argument("--targets", type=float, nargs="*", default=[],
                     help="percolating fractions to target besides the percentiles")
+    ap.add_argument("--part", default="perc", help="the descriptor part targeted: perc or thick")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--name", required=True)
@@ -49,7 +53,8 @@ def main(argv=None):
     cols = descriptors.columns(gen.condition, labels)
     i = labels.index(args.label)
     recorded = gen.record.descriptors.numpy()
-    perc = recorded[:, cols[("perc", args.label)]]
+    part = args.part
+    perc = recorded[:, cols[(part, args.label)]]
     rows = []
     points = [(q, float(np.percentile(perc, q))) for q in args.percentiles]
     points += [(None, t) for t in args.targets]
@@ -58,24 +63,25 @@ def main(argv=None):
         for w in args.guidance:
             start = time.perf_counter()
             volumes = gen.sample(args.count, seed=args.seed, guidance=w,
-                                 targets=f"{phi}perc:{args.label}={target:.4f}")
+                                 targets=f"{phi}{part}:{args.label}={target:.4f}")
             x = torch.stack([gen.phase_map.encode(v) for v in volumes])
             got = descriptors.of_batch(gen.condition, x).numpy()
             row = {"percentile": q, "target": target, "guidance": w,
-                   "perc_mean": float(got[:, cols[("perc", args.label)]].mean()),
-                   "perc_sd": float(got[:, cols[("perc", args.label)]].std(ddof=1)),
+                   f"{part}_mean": float(got[:, cols[(part, args.label)]].mean()),
+                   f"{part}_sd": float(got[:, cols[(part, args.label)]].std(ddof=1)),
                    "phi_mean": float(got[:, i].mean()),
                    "seconds": time.perf_counter() - start}
-            row["error_in_training_sd"] = abs(row["perc_mean"] - target) / float(perc.std())
+            row["error_in_training_sd"] = abs(row[f"{part}_mean"] - target) / float(perc.std())
             rows.append(row)
-            print(f"{'p%g' % q if q is not None else 'at'} target {target:.3f}  W {w:g}: perc {row['perc_mean']:.3f} ± "
-                  f"{row['perc_sd']:.3f} (error {row['error_in_training_sd']:.2f} training sd)"
+            print(f"{'p%g' % q if q is not None else 'at'} target {target:.3f}  W {w:g}: "
+                  f"{part} {row[f'{part}_mean']:.3f} ± {row[f'{part}_sd']:.3f} "
+                  f"(error {row['error_in_training_sd']:.2f} training sd)"
                   f", phi {row['phi_mean']:.3f}", flush=True)
     out = {"command": "python benchmarks/connectivity_targets.py " + " ".join(
                sys.argv[1:] if argv is None else argv),
            "checkpoint_step": gen.step, "label": args.label, "count": args.count,
            "phi_target": args.phi,
-           "training_perc": {"mean": float(perc.mean()), "sd": float(perc.std()),
+           f"training_{part}": {"mean": float(perc.mean()), "sd": float(perc.std()),
                              "cubes": int(len(perc))},
            "training_phi_mean": float(recorded[:, i].mean()), "rows": rows}
     path = HERE / "results" / f"connectivity_targets_{args.name}.json"

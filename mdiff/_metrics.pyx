@@ -476,6 +476,17 @@ cdef void _parabolas(int64_t* f, int64_t* d, Py_ssize_t* v, double* zs,
         d[q] = (q - v[j]) * (q - v[j]) + f[v[j]]
 
 
+cdef void _edt_line(int32_t* line, Py_ssize_t n, Py_ssize_t stride, int64_t* f, int64_t* d,
+                    Py_ssize_t* v, double* zs) noexcept nogil:
+    """One pass of the separable transform over a line of ``n`` values ``stride`` apart."""
+    cdef Py_ssize_t q
+    for q in range(n):
+        f[q] = line[q * stride]
+    _parabolas(f, d, v, zs, n)
+    for q in range(n):
+        line[q * stride] = <int32_t> min(d[q], <int64_t> EDT_FAR)
+
+
 def edt_squared(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
                 int32_t[:, :, ::1] out):
     """Exact squared Euclidean distance from every voxel of ``phase`` to the centre of the
@@ -491,28 +502,21 @@ def edt_squared(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
     if f == NULL or d == NULL or v == NULL or zs == NULL:
         free(f); free(d); free(v); free(zs)
         raise MemoryError("edt_squared: line buffers")
+    cdef int32_t* base = &out[0, 0, 0]
     with nogil:
         for a in range(D):
             for b in range(H):
                 for c in range(W):
-                    f[c] = EDT_FAR if lut[vol[a, b, c]] == phase else 0
-                _parabolas(f, d, v, zs, W)
-                for c in range(W):
-                    out[a, b, c] = <int32_t> min(d[c], <int64_t> EDT_FAR)
+                    out[a, b, c] = EDT_FAR if lut[vol[a, b, c]] == phase else 0
+        for a in range(D):  # along x, then y, then z: lines of the C-ordered output
+            for b in range(H):
+                _edt_line(base + (a * H + b) * W, W, 1, f, d, v, zs)
         for a in range(D):
             for c in range(W):
-                for b in range(H):
-                    f[b] = out[a, b, c]
-                _parabolas(f, d, v, zs, H)
-                for b in range(H):
-                    out[a, b, c] = <int32_t> min(d[b], <int64_t> EDT_FAR)
+                _edt_line(base + a * H * W + c, H, W, f, d, v, zs)
         for b in range(H):
             for c in range(W):
-                for a in range(D):
-                    f[a] = out[a, b, c]
-                _parabolas(f, d, v, zs, D)
-                for a in range(D):
-                    out[a, b, c] = <int32_t> min(d[a], <int64_t> EDT_FAR)
+                _edt_line(base + b * W + c, D, H * W, f, d, v, zs)
     free(f); free(d); free(v); free(zs)
     return out
 
