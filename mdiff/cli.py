@@ -112,7 +112,7 @@ def _train_parser():
                      "or a 2D model on segmented 2D images (patches, 8 square symmetries) that "
                      "mdiff-sample turns into 3D volumes by multi-plane denoising.")
     parser.add_argument("data", nargs="*", metavar="DATA.tif",
-                        help="segmented 3D volume(s) (.tif/.tiff, .npy, or a folder of 2D "
+                        help="segmented 3D volume(s) (.tif/.tiff, .npy, .vti, or a folder of 2D "
                              "slices in name order), or 2D label image(s) (.tif/.tiff/.npy; "
                              ".png/.bmp with Pillow): a 2D model; all with the same labels")
     for plane, cut in (("xy", "a slice at fixed z: rows y, columns x"),
@@ -205,6 +205,10 @@ def sample_main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    parser.add_argument("--format", dest="fmt", choices=("tif", "npy", "vti"), default="tif",
+                        help="file type of the volumes: tif (ImageJ TIFF, voxel size in its "
+                             "tags), npy, or vti (VTK ImageData: opens in ParaView, voxel size "
+                             "as spacing); default: tif")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the sample set already in OUT_DIR (as a whole, once the "
                              "new one is complete); without it such a folder is refused")
@@ -227,7 +231,7 @@ def sample_main(argv=None):
                                    if f.name != "size"}, size=size)
         write_samples(args.checkpoint, args.out_dir, request, device=args.device,
                       precision=args.precision, use_ema=not args.no_ema,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, fmt=args.fmt)
 
     return _run("mdiff-sample", parser, body, argv)
 
@@ -424,7 +428,7 @@ def synth_main(argv=None):
 
     parser = _parser("mdiff-synth", "Write a synthetic microstructure: a Gaussian random field "
                      "thresholded at exact phase fractions (the built-in example and baseline).")
-    parser.add_argument("out", metavar="OUT.tif", help=".tif/.tiff or .npy")
+    parser.add_argument("out", metavar="OUT.tif", help=".tif/.tiff, .npy or .vti (ParaView)")
     parser.add_argument("--shape", type=_ints, default=EXAMPLE.shape,
                         help="Z,Y,X or one side for a cube")
     parser.add_argument("--fractions", type=_floats, default=EXAMPLE.fractions,

@@ -16,13 +16,13 @@ import numpy as np
 
 from .errors import MdiffError
 
-_SUFFIXES = (".tif", ".tiff", ".npy")
+_SUFFIXES = (".tif", ".tiff", ".npy", ".vti")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".bmp")  # .png/.bmp need Pillow
 _NO_META = {"voxel_size": None, "unit": None}
 
 
 def read_volume(path, with_meta=False):
-    """Read a 3D label volume from a TIFF or .npy file, or from a folder of 2D slices.
+    """Read a 3D label volume from a TIFF, .npy or .vti file, or from a folder of 2D slices.
 
     Returns the (D, H, W) uint8/uint16 array, or ``(volume, meta)`` with ``with_meta=True``
     where ``meta = {"voxel_size": (z, y, x) or None, "unit": str or None}``.
@@ -32,7 +32,7 @@ def read_volume(path, with_meta=False):
     if path.is_dir():
         volume, meta = read_slices(path), dict(_NO_META)
     else:
-        volume, meta = _read_file(path, "a 3D .tif/.tiff or .npy, or a folder of 2D slices")
+        volume, meta = _read_file(path, "a 3D .tif/.tiff, .npy or .vti, or a folder of 2D slices")
     volume = check_volume(volume, name=str(path))
     return (volume, meta) if with_meta else volume
 
@@ -51,7 +51,7 @@ def read_labels(path):
     path = Path(path)
     if path.is_dir():
         return read_volume(path, with_meta=True)
-    array, meta = _read_file(path, "a .tif/.tiff/.npy volume or image, a .png/.bmp image, or "
+    array, meta = _read_file(path, "a .tif/.tiff/.npy volume or image, a .vti volume, a .png/.bmp image, or "
                              "a folder of 2D slices", images=True)
     rgb = np.ndim(array) == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4
     if np.ndim(array) == 2 or rgb or path.suffix.lower() in (".png", ".bmp"):
@@ -69,6 +69,10 @@ def _read_file(path, expected, images=False):
         return _read_npy(path), dict(_NO_META)
     if suffix in (".tif", ".tiff"):
         return _read_tiff(path)
+    if suffix == ".vti":
+        from .vti import read_vti
+
+        return read_vti(path)
     if images and suffix in (".png", ".bmp"):
         return _read_pillow(path), dict(_NO_META)
     raise MdiffError(f"{path}: unknown file type {suffix!r}; expected {expected}")
@@ -198,13 +202,17 @@ def _file_shape(path):
 
             with tifffile.TiffFile(path) as tif:
                 return tif.series[0].shape
+        if suffix == ".vti":
+            from .vti import read_vti
+
+            return read_vti(path)[0].shape
     except Exception as exc:  # numpy and tifffile raise several types for foreign files
         raise MdiffError(f"{path}: not a readable volume ({_first_line(exc)})") from None
-    raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff or .npy")
+    raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff, .npy or .vti")
 
 
 def volume_files(folder):
-    """The .tif/.tiff/.npy volumes of a folder in natural name order (sample_2 before
+    """The .tif/.tiff/.npy/.vti volumes of a folder in natural name order (sample_2 before
     sample_10), or [folder] itself when it holds 2D slices (one volume); MdiffError if there
     are none."""
     folder = Path(folder)
@@ -213,7 +221,7 @@ def volume_files(folder):
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES
              and not p.name.startswith(".")]
     if not files:
-        raise MdiffError(f"{folder}: no .tif/.tiff/.npy volumes in this folder")
+        raise MdiffError(f"{folder}: no .tif/.tiff/.npy/.vti volumes in this folder")
     return sorted(files, key=_natural_key)
 
 
@@ -294,21 +302,26 @@ def check_volume(volume, name="volume"):
 
 
 def write_volume(path, volume, voxel_size=None, unit=None):
-    """Write a 3D label volume atomically as TIFF (zlib, ImageJ-readable) or .npy.
+    """Write a 3D label volume atomically as TIFF (zlib, ImageJ-readable), .npy or .vti
+    (VTK ImageData for ParaView, ``mdiff.vti``).
 
     ``voxel_size`` is a number or a (z, y, x) triple, stored as ImageJ spacing and
-    resolution tags; ``unit`` (e.g. "um") goes with it.
+    resolution tags (the .vti spacing); ``unit`` (e.g. "um") goes with it.
     """
     path = Path(path)
     volume = check_volume(volume, name=str(path))
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
-        raise MdiffError(f"{path}: unknown file type {suffix!r}; use .tif, .tiff or .npy")
+        raise MdiffError(f"{path}: unknown file type {suffix!r}; use .tif, .tiff, .npy or .vti")
     if path.parent and not path.parent.exists():
         raise MdiffError(f"{path}: the folder {path.parent} does not exist")
     with atomic_path(path) as tmp:
         if suffix == ".npy":
             np.save(tmp, np.ascontiguousarray(volume))
+        elif suffix == ".vti":
+            from .vti import write_vti
+
+            write_vti(tmp, volume, voxel_size, unit)
         else:
             _write_tiff(tmp, volume, voxel_size, unit)
 

@@ -22,11 +22,12 @@ from .request import SampleRequest
 from .runtime import busy_warning, resolve_device
 
 
-SAMPLE_NAME = re.compile(r"sample_\d{3,}\.tif")
+FORMATS = ("tif", "npy", "vti")  # TIFF (ImageJ), numpy, VTK ImageData (ParaView)
+SAMPLE_NAME = re.compile(r"sample_\d{3,}\.(tif|npy|vti)")
 
 
 def sample_set(folder):
-    """The files of a sample set in a folder: sample_NNN.tif and samples.json."""
+    """The files of a sample set in a folder: sample_NNN.tif (.npy, .vti) and samples.json."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -60,11 +61,13 @@ def check_folder(out_dir, overwrite=False):
 
 
 def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_ema=True,
-                  overwrite=False, log=None):
-    """Write OUT_DIR/sample_000.tif, ... and OUT_DIR/samples.json for ``request`` (a
-    ``SampleRequest``); returns the paths."""
+                  overwrite=False, log=None, fmt="tif"):
+    """Write OUT_DIR/sample_000.tif, ... (``fmt``: tif, npy or vti) and OUT_DIR/samples.json
+    for ``request`` (a ``SampleRequest``); returns the paths."""
     from .sampling import load
 
+    if fmt not in FORMATS:
+        raise MdiffError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     ctx, device, log = _processes(request, device, log)
     n = int(request.count)
@@ -87,7 +90,7 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     try:
         volumes = gen.generate(plan, _Progress(log)).volumes if len(share) else []
         for i, volume in zip(share, volumes):
-            write_volume(partial / f"sample_{i:03d}.tif", volume, voxel_size=gen.voxel_size,
+            write_volume(partial / f"sample_{i:03d}.{fmt}", volume, voxel_size=gen.voxel_size,
                          unit=gen.unit)
     except BaseException:
         if ctx.world == 1:  # nothing half-made stays behind (ranks may still be writing)
@@ -95,7 +98,7 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
         raise
     distributed.barrier()
     distributed.cleanup()
-    paths = [out_dir / f"sample_{i:03d}.tif" for i in range(n)]
+    paths = [out_dir / f"sample_{i:03d}.{fmt}" for i in range(n)]
     if not ctx.main:
         return paths
     info = samples_json(gen, plan, request, ckpt, n, ctx.world, use_ema, precision,
@@ -189,10 +192,11 @@ class _Progress:
 
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=0, batch=None,
                   eta=None, device="auto", precision="fp32", use_ema=True, log=None,
-                  overwrite=False, **fields):
+                  overwrite=False, fmt="tif", **fields):
     """``write_samples`` with the request's fields as keywords (the API before
     ``SampleRequest``; ``fractions_along`` as on the command line, [AXIS, "POS:F0,...", ...],
     or parsed)."""
     request = SampleRequest(count=n, size=size, sampler=sampler, steps=steps, seed=seed,
                             batch=batch, eta=eta, **fields)
-    return write_samples(ckpt, out_dir, request, device, precision, use_ema, overwrite, log)
+    return write_samples(ckpt, out_dir, request, device, precision, use_ema, overwrite, log,
+                         fmt)
