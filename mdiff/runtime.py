@@ -65,9 +65,11 @@ def check_memory(need, device="cpu", advice="", what="this request"):
 
 def busy_warning(prog, threads=None):
     """A warning line when this process would use several threads on a machine whose cores
-    are already all busy (its 1-minute load at least 90 % of them), else None. Two jobs that
-    each use every core stall each other far beyond 2×; a job on one thread (``--threads 1``,
-    or pinned by taskset beside another) is not warned."""
+    are already all busy (its 1-minute load at least 90 % of them, and as many threads of
+    other processes running right now), else None. Two jobs that each use every core stall
+    each other far beyond 2×; a job on one thread (``--threads 1``, or pinned by taskset
+    beside another) is not warned, nor a job whose own work just now made the load (the
+    demo samples right after it trains)."""
     import torch
 
     threads = torch.get_num_threads() if threads is None else threads
@@ -77,11 +79,22 @@ def busy_warning(prog, threads=None):
         threads = min(threads, len(os.sched_getaffinity(0)))
     except (OSError, AttributeError):
         return None
-    if threads <= 1 or load < 0.9 * cores:
+    others = running_elsewhere()
+    if threads <= 1 or load < 0.9 * cores or (others is not None and others < 0.9 * cores):
         return None
     return (f"{prog}: warning: this machine is busy (load {load:.1f} on {cores} cores); two "
             "jobs that each use every core stall each other far beyond 2x: give each "
             "--threads 1 (or OMP_NUM_THREADS=1), or wait for the other to end")
+
+
+def running_elsewhere():
+    """Threads running on the machine at this instant besides the one asking (Linux's
+    /proc/loadavg: runnable / total), or None where that is not known."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(int(f.read().split()[3].split("/")[0]) - 1, 0)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # glibc's mallopt parameters and what sampling sets them to: allocations up to 32 MiB from the

@@ -250,12 +250,38 @@ def test_cli_objective_flags(data_file, tmp_path, capsys):
 
 
 def test_busy_warning_only_for_a_many_thread_job_on_a_loaded_machine(monkeypatch):
+    from mdiff import runtime
     from mdiff.training import busy_warning
     cores = os.cpu_count()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))
+    monkeypatch.setattr(runtime, "running_elsewhere", lambda: cores)
     assert busy_warning("x", threads=1) is None          # one thread (taskset beside another)
     if cores > 1:
         assert "busy" in busy_warning("x", threads=2)
+    monkeypatch.setattr(runtime, "running_elsewhere", lambda: None)  # not Linux: load alone
+    if cores > 1:
+        assert "busy" in busy_warning("x", threads=2)
+    monkeypatch.setattr(runtime, "running_elsewhere", lambda: 0)  # the load was this job's own
+    assert busy_warning("x", threads=2) is None
+    monkeypatch.setattr(runtime, "running_elsewhere", lambda: cores)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.5 * cores, 0.0, 0.0))
     assert busy_warning("x", threads=2) is None          # an idle machine
+
+
+def test_running_elsewhere_counts_a_process_that_spins_now():
+    import subprocess
+    import sys
+    import time
+
+    from mdiff.runtime import running_elsewhere
+
+    if running_elsewhere() is None:
+        pytest.skip("no /proc/loadavg here")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert max(running_elsewhere() for _ in range(20)) >= 1
+    finally:
+        spin.kill()
+        spin.wait()
