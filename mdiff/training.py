@@ -265,7 +265,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     return path
 
 
-RUN_FILES = (CHECKPOINT, "config.json", "loss.jsonl")
+RUN_FILES = (CHECKPOINT, "config.json", "loss.jsonl", "loss.csv", "loss.png")
 
 
 def check_run_folder(out):
@@ -434,6 +434,7 @@ def _loop(run, trainer, ctx, log):
             checkpoint.save(ckpt_path, checkpoint.training_state(
                 static, recorded, trainer.step, tcfg.seed, loss, ctx.world, tcfg.batch_size,
                 trainer.model, trainer.ema, trainer.optimizer, trainer.scaler))
+            _write_curve(loss_log, log)
         saved[0] = trainer.step
         distributed.barrier()
 
@@ -557,6 +558,19 @@ def _check(ucfg, dcfg, tcfg):
         cfg = dcfg if name == "timesteps" else tcfg
         if getattr(cfg, name) < 1:
             raise MdiffError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def _write_curve(loss_log, log):
+    """loss.csv and loss.png of the run so far; a picture that cannot be made is one line,
+    never the end of a training."""
+    from .losscurve import write_curve
+
+    try:
+        write_curve(loss_log)
+    except Exception as exc:  # matplotlib and the disk raise many types; the run goes on
+        text = str(exc).strip().splitlines()
+        why = text[0] if text else type(exc).__name__
+        log(f"mdiff-train: loss.png/loss.csv not written ({why}); training goes on")
 
 
 def _truncate_log(path, step):
