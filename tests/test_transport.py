@@ -215,6 +215,23 @@ def test_taufactor_agrees_within_one_percent():
                     (label, axis)
 
 
+def test_taufactor_tpb_is_ours_over_interior_edges_per_voxel():
+    """docs/coming-from.md's relation: TauFactor divides the same TPB edges by the interior
+    edge count, mdiff by the voxel count."""
+    tau_factor = pytest.importorskip("taufactor")
+    from taufactor import metrics as their_metrics
+
+    from mdiff import metrics
+    from mdiff.phases import PhaseMap
+
+    volume = synth.generate((40, 36, 30), (0.35, 0.4, 0.25), (0, 127, 255), 2.0, seed=5)
+    ours = metrics.describe(volume, PhaseMap((0, 127, 255)), 4, "closed")["tpb_density"]
+    theirs = float(their_metrics.triple_phase_boundary(np.searchsorted([0, 127, 255], volume)))
+    z, y, x = volume.shape
+    interior_edges = z * (x - 1) * (y - 1) + x * (y - 1) * (z - 1) + y * (x - 1) * (z - 1)
+    assert tau_factor and ours == pytest.approx(theirs * interior_edges / volume.size, rel=1e-6)
+
+
 def test_metrics_cli_transport(tmp_path, capsys):
     import json
 
