@@ -74,10 +74,16 @@ def read_vti(path):
             or array.group(1) not in _DTYPES):
         raise MdiffError(f"{path}: not a .vti that mdiff can read (it reads the raw uint8/"
                          "uint16 cell data it writes); save the volume as TIFF instead")
-    x0, x1, y0, y1, z0, z1 = (int(v) for v in extent.group(1).split())
+    try:
+        x0, x1, y0, y1, z0, z1 = (int(v) for v in extent.group(1).split())
+        nbytes = int(np.frombuffer(head[mark + 1:mark + 9], "<u8")[0])
+    except ValueError:
+        raise MdiffError(f"{path}: its header is damaged (WholeExtent or data size unreadable); "
+                         "save the volume again") from None
     shape = (z1 - z0, y1 - y0, x1 - x0)
     dtype = _DTYPES[array.group(1)]
-    nbytes = int(np.frombuffer(head[mark + 1:mark + 9], "<u8")[0])
+    if min(shape) < 1:
+        raise MdiffError(f"{path}: its extent {extent.group(1)!r} holds no voxels")
     if nbytes != int(np.prod(shape)) * dtype.itemsize:
         raise MdiffError(f"{path}: its data block holds {nbytes} bytes where a "
                          f"{'x'.join(map(str, shape))} volume needs "
@@ -90,7 +96,14 @@ def read_vti(path):
     spacing = re.search(r'Spacing="([^"]+)"', text)
     meta = {"voxel_size": None, "unit": None}
     if spacing:
-        sx, sy, sz = (float(v) for v in spacing.group(1).split())
+        try:
+            sx, sy, sz = (float(v) for v in spacing.group(1).split())
+        except ValueError:
+            raise MdiffError(f"{path}: its Spacing {spacing.group(1)!r} is not three numbers; "
+                             "the header is damaged") from None
+        if not all(np.isfinite(v) and v > 0 for v in (sx, sy, sz)):
+            raise MdiffError(f"{path}: its Spacing {spacing.group(1)!r} is not three positive "
+                             "sizes; the header is damaged")
         meta["voxel_size"] = None if (sx, sy, sz) == (1.0, 1.0, 1.0) else (sz, sy, sx)
     unit = re.search(r"<!-- mdiff unit: ([\w.]+) -->", text)
     if unit:

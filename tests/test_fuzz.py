@@ -1,0 +1,103 @@
+"""Fuzzed files: valid TIFF, .npy, .vti and checkpoint files with bytes flipped, cut short and
+header words set to absurd sizes. Reading each must give a 3D label volume (or a checkpoint)
+or one MdiffError, quickly, and never another exception: a damaged file is the user's problem
+to be told about, not a traceback (issue 28). Seeded; a few hundred cases in seconds."""
+import time
+
+import numpy as np
+import pytest
+
+import mdiff
+from mdiff import checkpoint, synth
+from mdiff.cli import metrics_main
+from mdiff.errors import MdiffError
+from mdiff.io import read_volume, volume_shape, write_volume
+
+CASES = 120  # per file type
+ABSURD = (0xFFFFFFFF, 0x7FFFFFFF, 0x00100000, 100_000)
+
+
+def _mutants(raw, rng, count):
+    """``count`` damaged copies of ``raw``: flips, truncations, and 4-byte words of the first
+    512 bytes (where headers live) set to absurd sizes."""
+    for k in range(count):
+        data = bytearray(raw)
+        kind = k % 3
+        if kind == 0:
+            for pos in rng.integers(0, len(data), rng.integers(1, 9)):
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:
+            data = data[:int(rng.integers(0, len(data)))]
+        else:
+            pos = int(rng.integers(0, max(1, min(512, len(data)) - 4)))
+            word = ABSURD[int(rng.integers(0, len(ABSURD)))]
+            data[pos:pos + 4] = int(word).to_bytes(4, "little" if rng.random() < 0.5 else "big")
+        yield kind, bytes(data)
+
+
+def _read_as_volume(path):
+    volume = read_volume(path)
+    assert volume.ndim == 3 and volume.dtype in (np.uint8, np.uint16) and volume.size > 0
+    np.asarray(volume).sum()  # the voxels are really there (a memory map is read through)
+    volume_shape(path)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy", ".vti"])
+def test_damaged_volume_files_read_or_give_one_mdiff_error(tmp_path, suffix):
+    rng = np.random.default_rng(28)
+    good = tmp_path / f"good{suffix}"
+    write_volume(good, synth.generate((12, 10, 9), (0.5, 0.3, 0.2), (0, 127, 255), 1.5, 2),
+                 voxel_size=0.5, unit="um")
+    outcomes = {"read": 0, "refused": 0}
+    for i, (kind, data) in enumerate(_mutants(good.read_bytes(), rng, CASES)):
+        path = tmp_path / f"m{i}{suffix}"
+        path.write_bytes(data)
+        started = time.perf_counter()
+        try:
+            _read_as_volume(path)
+            outcomes["read"] += 1
+        except MdiffError as exc:
+            assert str(exc).strip() and "\n" not in str(exc).strip(), (i, kind, str(exc))
+            outcomes["refused"] += 1
+        except Exception as exc:  # noqa: BLE001  (the point: nothing else may come out)
+            pytest.fail(f"case {i} (mutation {kind}) of {suffix}: {type(exc).__name__}: {exc}")
+        assert time.perf_counter() - started < 5, (i, kind)
+        path.unlink()
+    assert outcomes["refused"] > CASES // 4  # the mutations do damage
+
+
+def test_damaged_checkpoints_load_or_give_one_mdiff_error(tmp_path):
+    rng = np.random.default_rng(29)
+    write_volume(tmp_path / "v.tif", synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, 1))
+    good = mdiff.train([tmp_path / "v.tif"], preset="tiny", out=tmp_path / "run",
+                       train={"steps": 2}, log=None)
+    refused = 0
+    for i, (kind, data) in enumerate(_mutants(good.read_bytes(), rng, CASES)):
+        path = tmp_path / f"m{i}.pt"
+        path.write_bytes(data)
+        try:
+            checkpoint.model_record(checkpoint.load(path), path=path)
+        except MdiffError as exc:
+            assert str(exc).strip() and "\n" not in str(exc).strip(), (i, kind, str(exc))
+            refused += 1
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"case {i} (mutation {kind}) of a checkpoint: {type(exc).__name__}: {exc}")
+        path.unlink()
+    assert refused > CASES // 2
+
+
+def test_the_cli_answers_damaged_files_with_one_line_and_exit_2(tmp_path, capsys):
+    rng = np.random.default_rng(30)
+    good = tmp_path / "good.tif"
+    write_volume(good, synth.generate((12, 10, 9), (0.5, 0.5), (0, 255), 1.5, 2))
+    before = set(tmp_path.iterdir())
+    for i, (kind, data) in enumerate(_mutants(good.read_bytes(), rng, 24)):
+        path = tmp_path / f"m{i}.tif"
+        path.write_bytes(data)
+        code = metrics_main([str(path)])
+        err = capsys.readouterr().err
+        assert code in (0, 2), (i, kind, code)
+        if code == 2:
+            assert err.count("\n") == 1 and str(path) in err, (i, kind, err)
+        path.unlink()
+    assert set(tmp_path.iterdir()) == before  # nothing written beside the files
