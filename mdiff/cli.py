@@ -257,7 +257,8 @@ def metrics_main(argv=None):
                         help="also each phase's mean local thickness (a radius: the largest "
                              "ball inside the phase that holds each voxel, PoreSpy's "
                              "local_thickness) and mean chord length, in length units "
-                             "(mdiff-evaluate always judges them on its cubes)")
+                             "(mdiff-evaluate always judges them on its cubes); --json adds "
+                             "their distributions")
     parser.add_argument("--transport", action="store_true",
                         help="also percolation (6-connected), effective diffusivity D_eff/D and "
                              "tortuosity factor per phase and axis (steady diffusion, "

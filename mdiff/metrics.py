@@ -231,9 +231,22 @@ def _add_transport(phases, volume, phase_map, tol, device, log):
         phase["largest_cluster_fraction"] = phase["clusters"]["largest_fraction"]
 
 
+def _add_distributions(phases, volume, phase_map, scale):
+    """Each phase's thickness and chord-length distributions, in length units."""
+    from . import sizes as size_kernels
+
+    for i, phase in enumerate(phases):
+        dist = size_kernels.thickness_distribution(volume, phase_map, i)
+        phase["thickness_distribution"] = None if dist is None else {
+            "radius": [r * scale for r in dist["radius"]], "share": dist["share"]}
+        phase["chord_length_distribution"] = {
+            axis: {"length": [n * scale for n in d["length"]], "count": d["count"]}
+            for axis, d in size_kernels.chord_distribution(volume, phase_map, i).items()}
+
+
 def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=None, path=None,
              threads=None, transport=False, transport_tol=None, device="cpu", log=None,
-             sizes=False):
+             sizes=False, distributions=False):
     """All figures of every phase: one entry of the ``volumes`` list of ``mdiff-metrics --json``.
 
     ``s2_max`` is clipped to the smallest axis length − 1. With ``voxel_size`` (isotropic, in
@@ -246,7 +259,10 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     not depend on the voxel size and always use the closed boundary (Dirichlet faces);
     ``log`` gets their progress lines. ``sizes``: also each phase's mean local thickness
     and mean chord length (``mdiff.sizes``; seconds to a minute on a 256³ volume, ms on a 32³
-    cube), in length units.
+    cube), in length units; with ``distributions`` too, each phase's
+    ``"thickness_distribution"`` ({"radius": [...], "share": [...]}; None where the phase fills
+    the window) and ``"chord_length_distribution"`` (per axis {"length": [...], "count":
+    [...]}), at no second local thickness.
     """
     volume = check_volume(volume, name=str(path or "volume"))
     periodic = _boundary(boundary)
@@ -277,6 +293,8 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
                                              extras).items():
         for phase, v in zip(phases, values):  # the table's rows that bring their own measure
             phase[key] = v
+    if sizes and distributions:
+        _add_distributions(phases, volume, phase_map, scale)
     entry = {
         "path": None if path is None else str(path),
         "shape": [int(s) for s in volume.shape],

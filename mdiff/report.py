@@ -85,7 +85,7 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
                                "device": str(device)}
     for path, volume in zip(paths, volumes):
         entry = metrics.describe(volume, phase_map, s2_max, boundary, voxel_size, path=path,
-                                 **kw)
+                                 distributions=sizes, **kw)
         if subvolume:
             cubes = [metrics.describe(c, phase_map, s2_max, boundary, voxel_size,
                                       **{**kw, "log": None})

@@ -177,3 +177,41 @@ def test_metrics_cli_sizes_on_request_in_length_units(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "thick." in text and "chord" in text
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_describe_gives_the_distributions_that_the_maps_and_chords_give(rng):
+    """metrics.describe(sizes=True, distributions=True): the thickness distribution is the
+    brute-force map's histogram, the chord distribution the Python count's, both scaled by
+    the voxel size, and their means are the table's figures."""
+    from mdiff import metrics
+
+    for volume, pm in _volumes(rng):
+        entry = metrics.describe(volume, pm, 2, voxel_size=0.5, sizes=True, distributions=True)
+        for i, label in enumerate(pm.labels):
+            phase, mask = entry["phases"][i], volume == label
+            dist = phase["thickness_distribution"]
+            if mask.all():
+                assert dist is None
+                continue
+            r2, counts = np.unique(_thickness_reference(mask)[mask], return_counts=True)
+            assert dist["radius"] == pytest.approx((0.5 * np.sqrt(r2)).tolist())
+            assert dist["share"] == pytest.approx((counts / counts.sum()).tolist())
+            if mask.any():
+                assert phase["local_thickness"] == pytest.approx(
+                    sum(r * s for r, s in zip(dist["radius"], dist["share"])))
+            for k, axis in enumerate("zyx"):
+                lengths, n = np.unique(_chords_reference(mask, k), return_counts=True)
+                got = phase["chord_length_distribution"][axis]
+                assert got == {"length": (0.5 * lengths).tolist(), "count": n.tolist()}
+    assert "thickness_distribution" not in metrics.describe(volume, pm, 2, sizes=True)["phases"][0]
+
+
+def test_a_remembered_distribution_is_the_volumes_own_and_a_copy():
+    volume = np.zeros((10, 10, 10), np.uint8)
+    volume[1:3] = 1
+    pm = PhaseMap([0, 1])
+    first = sizes.thickness_distribution(volume, pm, 1)
+    first["radius"].append(99.0)  # the caller's list, not the remembered one
+    assert sizes.thickness_distribution(volume, pm, 1)["radius"] == [1.0]
+    volume[5:9] = 1  # new content, new answer
+    assert sizes.thickness_distribution(volume, pm, 1)["radius"] == [1.0, 2.0]
