@@ -333,7 +333,8 @@ def plot(result, path):
     n = len(vols[0]["phases"])
     sub = "subvolumes" in vols[0]
     moves = "transport" in vols[0]["phases"][0]
-    rows = 1 + sub + moves
+    sized = "thickness_distribution" in vols[0]["phases"][0]
+    rows = 1 + sub + moves + sized
     first = vols[0]["subvolumes"]["phases"][0] if sub else {}
     judged = [(f.key, f.short) for f in of_phase(first, judged=True) if not f.transport]
     cols = max(n, 3, len(judged))  # a sub-volume panel per judged figure
@@ -365,7 +366,9 @@ def plot(result, path):
         for k in range(len(judged), axes.shape[1]):
             axes[1, k].axis("off")
     if moves:
-        _plot_transport(axes[rows - 1], vols)
+        _plot_transport(axes[1 + sub], vols)
+    if sized:
+        _plot_sizes(axes[rows - 1], vols)
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
@@ -384,6 +387,26 @@ def _plot_transport(axes, vols):
                    color=f"C{j}", label=_short(v["path"]))
         ax.set_xticks(range(3), ["z", "y", "x"])
         ax.set_title(f"D_eff/D, label {vols[0]['phases'][i]['label']}")
+    axes[0].legend(fontsize=7)
+    for k in range(n, len(axes)):
+        axes[k].axis("off")
+
+
+def _plot_sizes(axes, vols):
+    """One panel per phase: the share of the phase's volume whose local thickness is at most
+    r, for every volume (a pore- or particle-size distribution, cumulative)."""
+    n = len(vols[0]["phases"])
+    for i in range(n):
+        ax = axes[i]
+        for j, v in enumerate(vols):
+            dist = v["phases"][i]["thickness_distribution"]
+            if dist and dist["radius"]:
+                ax.step(dist["radius"], np.cumsum(dist["share"]), where="post", color=f"C{j}",
+                        label=_short(v["path"]))
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("local thickness r (radius)")
+        ax.set_title(f"share of label {vols[0]['phases'][i]['label']} at thickness ≤ r",
+                     fontsize=9)
     axes[0].legend(fontsize=7)
     for k in range(n, len(axes)):
         axes[k].axis("off")
