@@ -440,6 +440,12 @@ def synth_main(argv=None):
     parser.add_argument("--length", type=float, default=EXAMPLE.length,
                         help="correlation length (smoothing std), voxels")
     parser.add_argument("--seed", type=int, default=EXAMPLE.seed)
+    parser.add_argument("--fields", type=int, choices=(1, 2), default=EXAMPLE.fields,
+                        help="1: one field cut at its quantiles (phases in label order, so "
+                             "three phases have almost no triple-phase boundary); 2: the "
+                             "first phase from one field, the others split by a second, "
+                             "independent one: every pair of phases meets, with triple-phase "
+                             "boundaries as in an electrode")
 
     def body(args):
         from .io import write_volume
@@ -449,7 +455,7 @@ def synth_main(argv=None):
         n = len(args.fractions)
         labels = args.labels or tuple(255 * i // (n - 1) for i in range(n)) if n > 1 else (0,)
         write_volume(args.out, generate(shape, args.fractions, labels, args.length,
-                                        args.seed))
+                                        args.seed, args.fields))
 
     return _run("mdiff-synth", parser, body, argv)
 

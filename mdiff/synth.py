@@ -4,7 +4,11 @@ White noise smoothed by a Gaussian kernel of standard deviation ``length`` voxel
 space, so the field is periodic), then cut at its own quantiles so that each phase gets exactly
 round(fraction · N) voxels: the truncated Gaussian model of stochastic geometry (Lantuéjoul,
 *Geostatistical Simulation*, ch. 18). With n phases, phase i lies between phases i − 1 and
-i + 1 of the field, as in a one-field plurigaussian model.
+i + 1 of the field, as in a one-field plurigaussian model — so in three phases the first and
+the last never meet, and there is almost no triple-phase boundary. ``fields=2`` is a
+two-field plurigaussian model: the first phase is cut from one field, and the rest of the
+volume is split among the other phases by a second, independent field (the same length), so
+every pair of phases meets and triple-phase lines run through the volume as in an electrode.
 
 It is the built-in example (``mdiff-train --example``) and the classical baseline that a learned
 generator has to beat (``benchmarks/fidelity.py``).
@@ -23,6 +27,8 @@ class SynthConfig:
     labels: tuple = (0, 127, 255)  # label value per phase
     length: float = 3.0  # correlation length: std of the Gaussian smoothing kernel, voxels
     seed: int = 0
+    fields: int = 1  # 1: one field cut at its quantiles; 2: the first phase from one, the
+    # others split by a second (triple-phase boundaries)
 
 
 EXAMPLE = SynthConfig()
@@ -77,8 +83,9 @@ def threshold(field, fractions, labels):
 
 
 def generate(shape=EXAMPLE.shape, fractions=EXAMPLE.fractions, labels=EXAMPLE.labels,
-             length=EXAMPLE.length, seed=EXAMPLE.seed):
-    """A (D, H, W) label volume with exact phase fractions; same seed → same volume."""
+             length=EXAMPLE.length, seed=EXAMPLE.seed, fields=EXAMPLE.fields):
+    """A (D, H, W) label volume with exact phase fractions; same seed → same volume.
+    ``fields``: 1 or 2 (see the module's note)."""
     shape = tuple(int(s) for s in shape)
     fractions = tuple(float(f) for f in fractions)
     labels = tuple(int(v) for v in labels)
@@ -95,6 +102,18 @@ def generate(shape=EXAMPLE.shape, fractions=EXAMPLE.fractions, labels=EXAMPLE.la
         raise MdiffError(f"labels must be distinct values in 0..65535, got {labels}")
     if not length > 0:
         raise MdiffError(f"length must be positive, got {length}")
+    if fields not in (1, 2):
+        raise MdiffError(f"fields must be 1 or 2, got {fields}")
     order = np.argsort(labels)
+    fractions, labels = np.asarray(fractions)[order], np.asarray(labels)[order]
     field = gaussian_field(shape, length, seed)
-    return threshold(field, np.asarray(fractions)[order], np.asarray(labels)[order])
+    if fields == 1 or len(labels) < 3:
+        return threshold(field, fractions, labels)
+    # the first phase where the first field is lowest; the rest split by a second field
+    volume = threshold(field, (fractions[0], 1 - fractions[0]), (0, 1)).astype(bool)
+    del field
+    rest = np.flatnonzero(volume)
+    second = gaussian_field(shape, length, (seed, 2)).ravel()[rest]
+    out = np.full(volume.size, labels[0], dtype=np.uint8 if max(labels) < 256 else np.uint16)
+    out[rest] = threshold(second, fractions[1:] / fractions[1:].sum(), labels[1:])
+    return out.reshape(shape)

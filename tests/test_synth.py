@@ -67,3 +67,27 @@ def test_cli_writes_tiff(tmp_path, capsys):
     assert volume.shape == (12, 13, 14) and set(np.unique(volume)) == {0, 255}
     assert synth_main([str(out), "--fractions", "0.2,0.2", "--labels", "0,1"]) == 2
     assert "sum to 1" in capsys.readouterr().err
+
+
+def test_two_fields_give_every_pair_of_phases_a_boundary_and_triple_lines():
+    from mdiff import metrics
+    from mdiff.phases import PhaseMap
+
+    args = ((40, 36, 32), (0.35, 0.4, 0.25), (0, 127, 255), 2.5, 4)
+    one, two = synth.generate(*args), synth.generate(*args, fields=2)
+    for volume in (one, two):  # exact fractions either way
+        assert np.bincount(np.searchsorted([0, 127, 255], volume).ravel()).tolist() == \
+            synth.phase_counts(volume.size, args[1]).tolist()
+    pm = PhaseMap((0, 127, 255))
+    tpb_one = metrics.describe(one, pm, 2)["tpb_density"]
+    tpb_two = metrics.describe(two, pm, 2)["tpb_density"]
+    assert tpb_two > 20 * max(tpb_one, 1e-6)
+    # pore and the last phase touch across faces only with two fields
+    touching = lambda v: np.count_nonzero((v[1:] == 0) & (v[:-1] == 255))  # noqa: E731
+    assert touching(one) < touching(two) / 20
+    np.testing.assert_array_equal(two, synth.generate(*args, fields=2))  # seeded
+    two_phase = ((20, 20, 20), (0.4, 0.6), (0, 255), 2.0, 1)
+    np.testing.assert_array_equal(synth.generate(*two_phase, fields=2),
+                                  synth.generate(*two_phase))
+    with pytest.raises(MdiffError, match="fields must be 1 or 2"):
+        synth.generate(*args, fields=3)
