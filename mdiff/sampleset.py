@@ -146,7 +146,12 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
             # the request's --targets and the whole vector each volume was conditioned on
             condition.update(targets=request.targets, vector=None if plan.target is None
                              else list(plan.target))
-    return {"mdiff_version": __version__, "checkpoint": str(Path(ckpt).resolve()),
+    import numpy
+    import torch
+
+    return {"mdiff_version": __version__, "torch_version": torch.__version__,
+            "numpy_version": numpy.__version__, "threads": torch.get_num_threads(),
+            "checkpoint": str(Path(ckpt).resolve()),
             "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n,
             "processes": processes, "size": list(plan.shape), "training_size": gen.patch,
             **{k: v for k, v in plan.layout().items()},

@@ -93,3 +93,30 @@ def test_training_never_writes_among_a_users_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "did not write" in err
     assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_the_same_seed_gives_the_same_volumes_on_one_and_two_threads(ckpt, tmp_path):
+    """Reproducibility across thread counts, bit for bit on the CPU (issue 28), and
+    samples.json says which versions and threads made the set."""
+    import json
+
+    import numpy as np
+
+    from mdiff.io import read_volume
+    from mdiff.sampleset import sample_to_dir
+
+    before = torch.get_num_threads()
+    sets = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}"
+            paths = sample_to_dir(ckpt, out, n=2, steps=4, seed=5, log=lambda text: None)
+            sets[threads] = [read_volume(p) for p in paths]
+            info = json.loads((out / "samples.json").read_text())
+            assert info["threads"] == threads and info["torch_version"] == torch.__version__
+            assert info["numpy_version"] == np.__version__
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(sets[1], sets[2]):
+        np.testing.assert_array_equal(a, b)
