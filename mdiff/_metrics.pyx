@@ -326,13 +326,15 @@ cdef inline void _union(int32_t* parent, int32_t i, int32_t j) noexcept nogil:
 
 
 cdef void _forest(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
-                  int32_t* parent) noexcept nogil:
+                  int32_t* parent, int wrap) noexcept nogil:
     """The union-find forest of ``phase``'s face-connected clusters over the voxels' flat
     indices, in one raster pass: each voxel of the phase joins its -z, -y, -x neighbours of
     the phase (every root is then its cluster's first voxel: ``_union`` keeps the smaller
-    index); -1 for voxels of other phases."""
+    index); -1 for voxels of other phases. ``wrap`` (bits 1 z, 2 y, 4 x): those axes are
+    periodic, and the voxels of their first and last planes join across the wrap."""
     cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
-    cdef int32_t i = 0
+    cdef Py_ssize_t plane = H * W
+    cdef int32_t i = 0, j
     for a in range(D):
         for b in range(H):
             for c in range(W):
@@ -347,12 +349,34 @@ cdef void _forest(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
                 else:
                     parent[i] = -1
                 i += 1
+    if wrap & 1 and D > 2:
+        for b in range(H):
+            for c in range(W):
+                i = <int32_t> (b * W + c)
+                j = <int32_t> ((D - 1) * plane + b * W + c)
+                if parent[i] >= 0 and parent[j] >= 0:
+                    _union(parent, i, j)
+    if wrap & 2 and H > 2:
+        for a in range(D):
+            for c in range(W):
+                i = <int32_t> (a * plane + c)
+                j = <int32_t> (a * plane + (H - 1) * W + c)
+                if parent[i] >= 0 and parent[j] >= 0:
+                    _union(parent, i, j)
+    if wrap & 4 and W > 2:
+        for a in range(D):
+            for b in range(H):
+                i = <int32_t> (a * plane + b * W)
+                j = <int32_t> (i + W - 1)
+                if parent[i] >= 0 and parent[j] >= 0:
+                    _union(parent, i, j)
 
 
 def cluster_faces(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
-                  uint8_t[:, :, ::1] out):
+                  uint8_t[:, :, ::1] out, int wrap=0):
     """For every voxel of ``phase``: IN_PHASE | the window faces its face-connected
     (6-connected) cluster touches, bits 1/2 z = 0 / D - 1, 4/8 y, 16/32 x; 0 elsewhere.
+    ``wrap``: periodic axes (bits 1 z, 2 y, 4 x), whose end planes are joined (``_forest``).
 
     The union-find forest of ``_forest``, then the faces of each voxel are or-ed into its root
     and read back. Needs 4 bytes a voxel for the forest (int32: at most 2^31 - 1 voxels)."""
@@ -363,7 +387,7 @@ def cluster_faces(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
     cdef int32_t[::1] fv = forest
     cdef int32_t* parent = &fv[0]
     with nogil:
-        _forest(vol, lut, phase, parent)
+        _forest(vol, lut, phase, parent, wrap)
         for a in range(D):
             for b in range(H):
                 for c in range(W):
@@ -401,9 +425,10 @@ def cluster_faces(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
     return out
 
 
-def cluster_sizes(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase):
+def cluster_sizes(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
+                  int wrap=0):
     """Voxel counts of ``phase``'s face-connected (6-connected) clusters, int64, in the raster
-    order of each cluster's first voxel.
+    order of each cluster's first voxel; ``wrap`` as for ``cluster_faces``.
 
     The union-find forest of ``_forest`` (every root is its cluster's first voxel), then the
     roots are counted, and a second raster pass
@@ -417,7 +442,7 @@ def cluster_sizes(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase)
     cdef int32_t[::1] fv = forest
     cdef int32_t* parent = &fv[0]
     with nogil:
-        _forest(vol, lut, phase, parent)
+        _forest(vol, lut, phase, parent, wrap)
         for i in range(<int32_t> (D * H * W)):
             if parent[i] == i:
                 n_roots += 1

@@ -247,7 +247,8 @@ def metrics_main(argv=None):
     parser.add_argument("--s2-max", type=int, default=64, metavar="R",
                         help="largest S2 distance, voxels (clipped to the smallest side - 1)")
     parser.add_argument("--boundary", choices=("closed", "periodic"), default="closed",
-                        help="closed: outside the window is no phase; periodic: a 3-torus")
+                        help="closed: outside the window is no phase; periodic: a 3-torus "
+                             "(with --transport, the lateral axes of each solve wrap)")
     parser.add_argument("--subvolume", type=int, metavar="S",
                         help="also report mean ± std over non-overlapping S^3 cubes")
     parser.add_argument("--voxel-size", type=float, metavar="L",

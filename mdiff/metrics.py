@@ -218,16 +218,17 @@ def two_point_correlation(mask, r_max, periodic=False):
 # Whole report
 
 
-def _add_transport(phases, volume, phase_map, tol, device, log):
+def _add_transport(phases, volume, phase_map, tol, device, log, periodic=False):
     """Each phase entry's "transport": per axis its figures, τ = ∞ as None (JSON)."""
     from . import transport as tr
 
     tol = tr.DEFAULT_TOL if tol is None else tol
     for i, (phase, per_axis) in enumerate(zip(phases, tr.transport(
-            volume, phase_map, tol=tol, device=device, log=log))):
+            volume, phase_map, tol=tol, device=device, log=log, periodic=periodic))):
         phase["transport"] = {axis: {k: (None if v == math.inf else v) for k, v in f.items()}
                               for axis, f in per_axis.items()}
-        phase["clusters"] = tr.cluster_summary(tr.cluster_sizes(volume, phase_map, i))
+        phase["clusters"] = tr.cluster_summary(tr.cluster_sizes(
+            volume, phase_map, i, wrap=tr.AXES if periodic else ()))
         phase["largest_cluster_fraction"] = phase["clusters"]["largest_fraction"]
 
 
@@ -256,7 +257,9 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     with the solver's iterations, flux spread and convergence (``mdiff.transport``), and its
     ``"clusters"``: the 6-connected cluster-size distribution (``transport.cluster_summary``),
     whose largest cluster's share is also ``"largest_cluster_fraction"``. They do
-    not depend on the voxel size and always use the closed boundary (Dirichlet faces);
+    not depend on the voxel size; the faces normal to each axis are the reservoirs, and the
+    other faces are closed, or with ``boundary="periodic"`` wrap (clusters and flow join
+    across them, TauFactor's PeriodicSolver);
     ``log`` gets their progress lines. ``sizes``: also each phase's mean local thickness
     and mean chord length (``mdiff.sizes``; seconds to a minute on a 256³ volume, ms on a 32³
     cube), in length units; with ``distributions`` too, each phase's
@@ -304,7 +307,7 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     if voxel_size is not None:
         entry["voxel_size"] = scale
     if transport:
-        _add_transport(phases, volume, phase_map, transport_tol, device, log)
+        _add_transport(phases, volume, phase_map, transport_tol, device, log, periodic)
     if triples is not None:
         entry["tpb_density_per_triple"] = {
             "-".join(str(phase_map.labels[x]) for x in (i, j, k)): int(triples[i, j, k]) / n_vox

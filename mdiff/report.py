@@ -82,7 +82,8 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
                   log=lambda text: print(text, file=sys.stderr, flush=True))
         result["transport"] = {"connectivity": 6, "tolerance": kw["transport_tol"],
                                "criterion": "relative spread of the flux through planes",
-                               "device": str(device)}
+                               "device": str(device),
+                               "lateral": "periodic" if boundary == "periodic" else "closed"}
     for path, volume in zip(paths, volumes):
         entry = metrics.describe(volume, phase_map, s2_max, boundary, voxel_size, path=path,
                                  distributions=sizes, **kw)
@@ -215,7 +216,11 @@ def format_report(result):
             "clusters touching no face; largest = in the largest cluster, clusters = their "
             "number (the size distribution is in --json); D_eff/D from steady diffusion in "
             "the phase with unit concentration difference between those faces (half a voxel beyond the end "
-            "voxels) and no flux elsewhere; tau = tortuosity factor = phi D / D_eff "
+            "voxels) and "
+            + ("the other faces periodic (clusters and flow wrap across them; isolated = "
+               "touching neither face of the axis)" if t.get("lateral") == "periodic"
+               else "no flux elsewhere")
+            + "; tau = tortuosity factor = phi D / D_eff "
             "(TauFactor's convention, inf: no path). Solved by preconditioned CG to a flux "
             f"spread of {t['tolerance']:g} on {t['device']}; * = not converged to it.")
     return "\n".join(lines)

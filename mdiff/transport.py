@@ -48,20 +48,29 @@ def _check_labelling(volume):
                          "2^31 - 1 (crop the volume or measure sub-volumes)")
 
 
-def cluster_faces(volume, phase_map, phase):
+def _wrap_bits(wrap):
+    """The kernels' bit mask (1 z, 2 y, 4 x) of the periodic axes named in ``wrap``."""
+    return sum(1 << AXES.index(a) for a in set(wrap))
+
+
+def cluster_faces(volume, phase_map, phase, wrap=()):
     """uint8 volume: for voxels of phase index ``phase``, 64 | the window faces their
-    6-connected cluster touches (bits z0 1, z1 2, y0 4, y1 8, x0 16, x1 32); 0 elsewhere."""
+    6-connected cluster touches (bits z0 1, z1 2, y0 4, y1 8, x0 16, x1 32); 0 elsewhere.
+    ``wrap``: the periodic axes (e.g. "yx"), across whose ends clusters join."""
     _check_labelling(volume)
     out = np.empty(volume.shape, dtype=np.uint8)
-    _metrics.cluster_faces(volume, phase_map.lut(volume.dtype), int(phase), out)
+    _metrics.cluster_faces(volume, phase_map.lut(volume.dtype), int(phase), out,
+                           _wrap_bits(wrap))
     return out
 
 
-def cluster_sizes(volume, phase_map, phase):
+def cluster_sizes(volume, phase_map, phase, wrap=()):
     """int64 voxel counts of the 6-connected clusters of phase index ``phase``, in the raster
-    order of each cluster's first voxel (``scipy.ndimage.label``'s order)."""
+    order of each cluster's first voxel (``scipy.ndimage.label``'s order); ``wrap`` as for
+    ``cluster_faces``."""
     _check_labelling(volume)
-    return _metrics.cluster_sizes(volume, phase_map.lut(volume.dtype), int(phase))
+    return _metrics.cluster_sizes(volume, phase_map.lut(volume.dtype), int(phase),
+                                  _wrap_bits(wrap))
 
 
 def cluster_summary(sizes):
@@ -78,27 +87,37 @@ def cluster_summary(sizes):
             "shares": [float(x) for x in shares]}
 
 
-def fractions(faces, axis):
+def fractions(faces, axis, periodic=False):
     """(percolating fraction, isolated fraction) of a phase along ``axis`` from its
     ``cluster_faces``: shares of the phase's voxels in clusters touching both faces normal to
-    the axis, and in clusters touching no face of the window. None, None for an absent phase."""
+    the axis, and in clusters touching no face of the window — with ``periodic`` lateral
+    axes, no face normal to ``axis`` (the others are not faces but joins). None, None for an
+    absent phase."""
     lo, hi = FACES[axis]
     total = int(np.count_nonzero(faces))
     if total == 0:
         return None, None
     both = lo | hi
     through = int(np.count_nonzero((faces & both) == both))
-    isolated = int(np.count_nonzero(faces == IN_PHASE))
+    if periodic:
+        isolated = int(np.count_nonzero((faces & both) == 0)) - (faces.size - total)
+    else:
+        isolated = int(np.count_nonzero(faces == IN_PHASE))
     return through / total, isolated / total
 
 
-def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
-    """Steady diffusion through the voxels of ``active`` (bool, flow along axis 0).
+def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None,
+          periodic=False):
+    """Steady diffusion through the voxels of ``active`` (bool, flow along axis 0); with
+    ``periodic``, axes 1 and 2 wrap (the last plane is the first's neighbour) instead of
+    closing the volume.
 
     Iterates until the flux through every plane normal to the axis (and into the inlet and out
     of the outlet) is the same to a relative spread ``tol`` (TauFactor's criterion is the same
     spread; its default is 1e-2), or ``max_iter``. Returns (D_eff/D from the mean flux,
-    iterations, final flux spread, final relative residual ‖b − Ac‖/‖b‖). ``active`` should hold
+    iterations, final flux spread, final relative residual ‖b − Ac‖/‖b‖); it also goes on
+    while CG's relative residual is above ``tol`` (on random structures it is far below where
+    the spread is met, so this costs nothing there). ``active`` should hold
     only voxels connected to both end planes (elsewhere the system is singular)."""
     import torch
 
@@ -114,6 +133,9 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
     diag = torch.zeros_like(m)
     for dim in range(3):
         n = m.shape[dim]
+        if periodic and dim > 0:
+            diag.add_(torch.roll(m, 1, dim)).add_(torch.roll(m, -1, dim))
+            continue
         diag.narrow(dim, 1, n - 1).add_(m.narrow(dim, 0, n - 1))
         diag.narrow(dim, 0, n - 1).add_(m.narrow(dim, 1, n - 1))
     diag[0] += 2.0
@@ -127,6 +149,9 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
         torch.mul(p, diag, out=out)
         for dim in range(3):
             n = p.shape[dim]
+            if periodic and dim > 0:
+                out.sub_(torch.roll(p, 1, dim)).sub_(torch.roll(p, -1, dim))
+                continue
             out.narrow(dim, 1, n - 1).sub_(p.narrow(dim, 0, n - 1))
             out.narrow(dim, 0, n - 1).sub_(p.narrow(dim, 1, n - 1))
         return out.masked_fill_(outside, 0.0)
@@ -161,12 +186,16 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
     r = residual(x, torch.empty_like(x))
     q = torch.empty_like(x)
     it, err = 0, spread(x, q)
+    b_norm = float(torch.linalg.vector_norm(inlet))
+    res = float(torch.linalg.vector_norm(r)) / b_norm  # CG's own residual, checked with err
     torch.div(r, diag, out=q)  # z = M⁻¹ r; later A p in the same buffer
     p = q.clone()
     rz = dot(r, q)
     limit = max_iter or max(1000, 40 * (length + height + width))
     best, improved = err, 0
-    while err > tol and it < limit and it - improved < 400:
+    # the residual too: a start whose plane fluxes already agree (a channel whose only
+    # resistance lies in one plane) has not converged until the residual says so
+    while (err > tol or res > tol) and it < limit and it - improved < 400:
         apply(p, q)
         curvature = dot(p, q)
         if not curvature > 0:  # float32 round-off floor reached
@@ -181,6 +210,7 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None):
         it += 1
         if it % 20 == 0:  # z in q has been used: q is free until the next A p
             err = spread(x, q)
+            res = float(torch.linalg.vector_norm(r)) / b_norm
             if err < 0.9 * best:  # else float32 round-off has stalled it: stop after 400
                 best, improved = err, it
             if progress:
@@ -237,12 +267,13 @@ class _Progress:
 
 
 def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device="cpu",
-                    max_iter=None, progress=None):
+                    max_iter=None, progress=None, periodic=False):
     """{axis: figures} of phase index ``phase``; see ``transport``. ``progress``: a
     ``_Progress`` that reports on the solves."""
     check_solve_memory(volume, device)
-    faces = cluster_faces(volume, phase_map, phase)
-    n_phase = int(np.count_nonzero(faces))
+    faces = None if periodic else cluster_faces(volume, phase_map, phase)
+    n_phase = int(np.count_nonzero(phase_map.lut(volume.dtype)[volume] == phase)) if periodic \
+        else int(np.count_nonzero(faces))
     fraction = n_phase / volume.size
     out = {}
     for axis in axes:
@@ -257,7 +288,9 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
             entry["note"] = "phase absent"
             out[axis] = entry
             continue
-        through, isolated = fractions(faces, axis)
+        if periodic:  # the lateral axes wrap: a labelling of their own for each axis
+            faces = cluster_faces(volume, phase_map, phase, wrap=AXES.replace(axis, ""))
+        through, isolated = fractions(faces, axis, periodic)
         entry.update(percolating_fraction=through, isolated_fraction=isolated)
         lo, hi = FACES[axis]
         active = np.moveaxis((faces & (lo | hi)) == (lo | hi), k, 0)
@@ -266,7 +299,7 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
         if n_phase == volume.size:  # the whole window conducts: the linear profile is exact
             d_eff, it, err, rel = 1.0, 0, 0.0, 0.0
         else:
-            d_eff, it, err, rel = solve(active, tol, max_iter, device, hook)
+            d_eff, it, err, rel = solve(active, tol, max_iter, device, hook, periodic)
         if progress:
             progress.done += 1
         entry.update(effective_diffusivity=d_eff, iterations=it, flux_spread=err,
@@ -278,10 +311,15 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
 
 
 def transport(volume, phase_map=None, axes=AXES, tol=DEFAULT_TOL, device="cpu",
-              max_iter=None, log=None):
+              max_iter=None, log=None, periodic=False):
     """Per phase (label order) and axis: percolating and isolated fractions (6-connectivity),
     D_eff/D, τ (``inf`` when nothing percolates), CG iterations, the final relative residual,
     the outlet/inlet flux ratio (1 when converged) and the solve time.
+
+    ``periodic``: the volume is a periodic cell (``mdiff-sample --periodic``, a periodic
+    synthetic): along each axis the two lateral axes wrap — clusters join across them and the
+    diffusion flows across them (TauFactor's PeriodicSolver) — while the faces normal to the
+    axis stay the reservoirs.
 
     A phase absent from the volume, or an axis one voxel thick, gives an entry with a ``note``
     instead of an error. ``log``: a function that gets a progress line at most every 2 s."""
@@ -291,8 +329,8 @@ def transport(volume, phase_map=None, axes=AXES, tol=DEFAULT_TOL, device="cpu",
         if axis not in AXES:
             raise MdiffError(f"transport axes are z, y and x, got {axis!r}")
     progress = _Progress(log, phase_map.n * len(axes)) if log else None
-    return [phase_transport(volume, phase_map, i, axes, tol, device, max_iter, progress)
-            for i in range(phase_map.n)]
+    return [phase_transport(volume, phase_map, i, axes, tol, device, max_iter, progress,
+                            periodic) for i in range(phase_map.n)]
 
 
 def tortuosity(mask, axis="z", tol=DEFAULT_TOL, device="cpu"):

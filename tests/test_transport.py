@@ -300,3 +300,163 @@ def test_a_window_that_conducts_everywhere_has_tortuosity_exactly_one():
         mask = np.ones(shape, bool)
         for axis in "zyx":
             assert metrics.tortuosity(mask, axis) == (1.0, 1.0)
+
+
+def _wrapped_labels(mask, wrap):
+    """scipy's 6-connected labels with the axes in ``wrap`` periodic: the labels on the two
+    end planes of each wrapped axis merged by a union-find in Python (0 off the mask)."""
+    labels, count = ndimage.label(mask)
+    parent = list(range(count + 1))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for axis in wrap:
+        k = "zyx".index(axis)
+        if mask.shape[k] < 3:  # the end planes are neighbours already
+            continue
+        first, last = np.take(labels, 0, k), np.take(labels, -1, k)
+        both = (first > 0) & (last > 0)
+        for a, b in zip(first[both], last[both]):
+            ra, rb = root(a), root(b)
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(count + 1)])[labels]
+
+
+def _faces_reference_wrapped(mask, wrap):
+    """``_faces_reference`` over the clusters of ``_wrapped_labels``."""
+    merged = _wrapped_labels(mask, wrap)
+    out = np.zeros(mask.shape, np.uint8)
+    for k in np.unique(merged[merged > 0]):
+        where = merged == k
+        bits = 64
+        for axis, (lo, hi) in enumerate(((1, 2), (4, 8), (16, 32))):
+            if np.take(where, 0, axis).any():
+                bits |= lo
+            if np.take(where, -1, axis).any():
+                bits |= hi
+        out[where] = bits
+    return out
+
+
+@pytest.mark.parametrize("wrap", ["yx", "zx", "zy", "zyx"])
+def test_wrapped_cluster_faces_and_sizes_match_merged_scipy_labels(rng, wrap):
+    for shape, fraction in (((7, 9, 8), 0.35), ((10, 6, 11), 0.5), ((5, 3, 7), 0.6)):
+        volume = np.where(rng.random(shape) < fraction, 9, 2).astype(np.uint8)
+        pm = PhaseMap([2, 9])
+        for phase, label in enumerate(pm.labels):
+            mask = volume == label
+            np.testing.assert_array_equal(transport.cluster_faces(volume, pm, phase, wrap),
+                                          _faces_reference_wrapped(mask, wrap))
+            merged = _wrapped_labels(mask, wrap)
+            _, first = np.unique(merged.ravel(), return_index=True)
+            order = merged.ravel()[np.sort(first)]  # clusters in raster order of first voxel
+            want = [int(np.count_nonzero(merged == k)) for k in order if k > 0]
+            assert transport.cluster_sizes(volume, pm, phase, wrap).tolist() == want
+
+
+def _reference_deff_periodic(active):
+    """``_reference_deff`` with axes 1 and 2 periodic: neighbours taken modulo the sides."""
+    length, height, width = active.shape
+    index = -np.ones(active.shape, int)
+    index[active] = np.arange(active.sum())
+    rows, cols, vals = [], [], []
+    b = np.zeros(active.sum())
+    for (a, y, x), i in np.ndenumerate(index):
+        if i < 0:
+            continue
+        diag = 0.0
+        for da, dy, dx in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+            na, ny, nx = a + da, (y + dy) % height, (x + dx) % width
+            if 0 <= na < length and index[na, ny, nx] >= 0:
+                rows.append(i), cols.append(index[na, ny, nx]), vals.append(-1.0)
+                diag += 1
+        if a == 0:
+            diag += 2
+            b[i] += 2.0
+        if a == length - 1:
+            diag += 2
+        rows.append(i), cols.append(i), vals.append(diag)
+    from scipy.sparse.linalg import spsolve
+
+    c = spsolve(sparse.csr_matrix((vals, (rows, cols))), b)
+    inflow = sum(2 * (1 - c[index[0, y, x]]) for y in range(height) for x in range(width)
+                 if index[0, y, x] >= 0)
+    return inflow * length / (height * width)
+
+
+@pytest.mark.parametrize("seed,fraction", [(3, 0.4), (4, 0.55)])
+def test_periodic_solver_matches_a_direct_sparse_solve_with_wrapped_neighbours(seed, fraction):
+    rng = np.random.default_rng(seed)
+    volume = (rng.random((9, 7, 8)) < fraction).astype(np.uint8)
+    pm = PhaseMap([0, 1])
+    for axis, k in zip("zyx", range(3)):
+        lateral = "zyx".replace(axis, "")
+        faces = _faces_reference_wrapped(volume == 1, lateral)
+        lo, hi = transport.FACES[axis]
+        active = np.moveaxis((faces & (lo | hi)) == (lo | hi), k, 0)
+        want = _reference_deff_periodic(active) if active.any() else 0.0
+        got = transport.transport(volume, pm, axes=axis, tol=1e-4, periodic=True)[1][axis]
+        assert got["effective_diffusivity"] == pytest.approx(want, rel=2e-4, abs=1e-7)
+        assert got["percolating_fraction"] == pytest.approx(active.sum() / volume.sum())
+        untouched = (faces > 0) & ((faces & (lo | hi)) == 0)  # no reservoir face
+        assert got["isolated_fraction"] == pytest.approx(untouched.sum() / volume.sum())
+
+
+def test_a_channel_that_joins_only_across_the_wrap_conducts_only_when_periodic():
+    """A hand-built periodic channel along z: one voxel wide, at y = 0 in the lower half and
+    at y = H - 1 in the upper, the two joined by one step across the y wrap. Closed, nothing
+    percolates (τ = ∞); periodic, it is one channel of L + 1 voxels in series: D_eff/D =
+    length / (H W) / (path resistance), the resistance of L - 1 inner links, one wrap link
+    and two half-voxel ends of conductance 2."""
+    L, H, W = 10, 6, 5
+    volume = np.zeros((L, H, W), np.uint8)
+    volume[:5, 0, 2] = 1
+    volume[4:, H - 1, 2] = 1  # z = 4 holds both: the step across the wrap
+    pm = PhaseMap([0, 1])
+    closed = transport.transport(volume, pm, axes="z")[1]["z"]
+    assert closed["percolating_fraction"] == 0 and closed["tortuosity_factor"] == math.inf
+    periodic = transport.transport(volume, pm, axes="z", tol=1e-6, periodic=True)[1]["z"]
+    resistance = (L - 1) + 1 + 2 * 0.5  # 9 links along z, the wrap link, two end halves
+    assert periodic["percolating_fraction"] == 1.0 and periodic["isolated_fraction"] == 0.0
+    assert periodic["effective_diffusivity"] == pytest.approx(L / (H * W) / resistance,
+                                                              rel=1e-4)
+    assert periodic["tortuosity_factor"] == pytest.approx(
+        volume.mean() / periodic["effective_diffusivity"], rel=1e-9)
+    # closed, the same channel with its step inside the volume: the start's plane fluxes
+    # already agree there, and only the residual says the step's resistance is missing
+    inside = np.zeros((L, H, W), np.uint8)
+    inside[:5, 2, 2] = 1
+    inside[4:, 3, 2] = 1
+    got = transport.transport(inside, pm, axes="z", tol=1e-6)[1]["z"]
+    assert got["effective_diffusivity"] == pytest.approx(L / (H * W) / resistance, rel=1e-4)
+    # a straight channel is unchanged by the wrap: τ = 1 along it either way
+    straight = np.zeros((L, H, W), np.uint8)
+    straight[:, 2, :] = 1
+    for flag in (False, True):
+        got = transport.transport(straight, pm, axes="z", periodic=flag)[1]["z"]
+        assert got["tortuosity_factor"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_metrics_cli_periodic_transport(tmp_path, capsys):
+    import json
+
+    from mdiff import write_volume
+
+    volume = np.zeros((10, 6, 5), np.uint8)
+    volume[:5, 0, 2] = 255
+    volume[4:, 5, 2] = 255
+    write_volume(tmp_path / "v.tif", volume)
+    assert metrics_main([str(tmp_path / "v.tif"), "--transport", "--json"]) == 0
+    closed = json.loads(capsys.readouterr().out)
+    assert closed["transport"]["lateral"] == "closed"
+    assert closed["volumes"][0]["phases"][1]["transport"]["z"]["tortuosity_factor"] is None
+    assert metrics_main([str(tmp_path / "v.tif"), "--transport", "--json",
+                         "--boundary", "periodic"]) == 0
+    periodic = json.loads(capsys.readouterr().out)
+    assert periodic["transport"]["lateral"] == "periodic"
+    assert periodic["volumes"][0]["phases"][1]["transport"]["z"]["tortuosity_factor"] > 1
+    assert metrics_main([str(tmp_path / "v.tif"), "--transport", "--boundary", "periodic"]) == 0
+    assert "periodic" in capsys.readouterr().out
