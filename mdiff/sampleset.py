@@ -52,7 +52,8 @@ def check_folder(out_dir, overwrite=False):
                          f"(e.g. {foreign[0]}); it writes only into a new or empty folder, or "
                          "over a set of its own: choose another folder")
     old = sample_set(out_dir)
-    if old and not (out_dir / "samples.json").is_file():
+    swapped = (out_dir / ".partial").is_dir()  # a run killed while it swapped the sets
+    if old and not (out_dir / "samples.json").is_file() and not swapped:
         raise MdiffError(f"{out_dir} holds sample files but no samples.json: not a set "
                          "mdiff-sample wrote, so it is left alone; choose another folder")
     if old and not overwrite:
@@ -105,9 +106,16 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
                         time.perf_counter() - started, [p.name for p in paths])
     with atomic_path(partial / "samples.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
-    for old in sample_set(out_dir):  # the new set is complete: the old one goes as a whole
+    # the new set is complete: the old one goes as a whole, its samples.json first, and the
+    # new samples.json comes last, so a samples.json always names a complete set; a run
+    # killed in between leaves no samples.json and its .partial, which the next run takes
+    # as its own folder (check_folder) and replaces
+    old_json = out_dir / "samples.json"
+    if old_json.exists():
+        old_json.unlink()
+    for old in sample_set(out_dir):
         old.unlink()
-    for path in sorted(partial.iterdir()):
+    for path in sorted(partial.iterdir(), key=lambda p: p.name == "samples.json"):
         os.replace(path, out_dir / path.name)
     partial.rmdir()
     log(f"mdiff-sample: wrote {n} volume(s) to {out_dir} in {info['seconds']:.1f} s")
