@@ -29,8 +29,11 @@ def test_two_processes_equal_one_with_the_same_effective_batch(tmp_path):
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     # rank 0 alone wrote: one config, one checkpoint, one loss line per log point
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "checkpoint.pt", "config.json", "loss.jsonl"]
+    import importlib.util
+
+    plotted = ["loss.png"] if importlib.util.find_spec("matplotlib") else []
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([
+        "checkpoint.pt", "config.json", "loss.jsonl", "loss.csv", *plotted])
     lines = [json.loads(x) for x in (tmp_path / "two" / "loss.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4] and lines[0]["processes"] == 2
 
