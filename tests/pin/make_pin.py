@@ -47,7 +47,7 @@ REQUESTS = [
     ("2d_geo", "2d", ["-n", "1", "--steps", "4", "--fuse", "geo", "--size", "16", "16", "24"]),
 ]
 # what samples.json says that is not a function of the request: time, place and machine
-UNPINNED = ("seconds", "checkpoint", "device")
+UNPINNED = ("seconds", "checkpoint", "device", "torch_version", "numpy_version", "threads")
 
 
 def cpu_capability():
