@@ -434,8 +434,9 @@ def _loop(run, trainer, ctx, log):
             checkpoint.save(ckpt_path, checkpoint.training_state(
                 static, recorded, trainer.step, tcfg.seed, loss, ctx.world, tcfg.batch_size,
                 trainer.model, trainer.ema, trainer.optimizer, trainer.scaler))
+        saved[0] = trainer.step  # before the curve: a Ctrl-C there names this checkpoint
+        if ctx.main:
             _write_curve(loss_log, log)
-        saved[0] = trainer.step
         distributed.barrier()
 
     log(_opening_line(run, trainer, device, ctx))
