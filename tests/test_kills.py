@@ -13,7 +13,7 @@ import pytest
 
 from mdiff import checkpoint, synth, write_volume
 
-KILLS = int(os.environ.get("MDIFF_KILLS", "3"))
+KILLS = int(os.environ.get("MDIFF_KILLS", "2"))
 STEPS = 12
 
 
