@@ -19,6 +19,7 @@ int32 volumes for the local thickness, one bool and one int8 for the chords. The
 taken as cut (the closed boundary) whatever the boundary of the other figures.
 """
 import hashlib
+import threading
 
 import numpy as np
 
@@ -74,6 +75,8 @@ def local_thickness(volume, phase_map=None, phase=0):
 
 _RECENT = {}  # the last few distributions, by the volume's content: describe asks twice
 _RECENT_MAX = 8
+_RECENT_LOCK = threading.Lock()
+_MISSING = object()
 
 
 def thickness_distribution(volume, phase_map=None, phase=0):
@@ -86,11 +89,14 @@ def thickness_distribution(volume, phase_map=None, phase=0):
     labels = tuple((phase_map or PhaseMap.from_volume(volume)).labels)
     digest = hashlib.blake2b(np.ascontiguousarray(volume).data, digest_size=16).digest()
     key = (digest, volume.shape, volume.dtype.str, labels, int(phase))
-    if key not in _RECENT:
-        if len(_RECENT) >= _RECENT_MAX:
-            _RECENT.pop(next(iter(_RECENT)))
-        _RECENT[key] = _thickness_distribution(volume, phase_map, phase)
-    found = _RECENT[key]
+    with _RECENT_LOCK:  # the judge describes cubes in threads
+        found = _RECENT.get(key, _MISSING)
+    if found is _MISSING:
+        found = _thickness_distribution(volume, phase_map, phase)
+        with _RECENT_LOCK:
+            while len(_RECENT) >= _RECENT_MAX:
+                _RECENT.pop(next(iter(_RECENT)))
+            _RECENT[key] = found
     return None if found is None else {k: list(v) if isinstance(v, list) else v
                                        for k, v in found.items()}
 
