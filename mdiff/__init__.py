@@ -18,6 +18,16 @@ def train(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
+def distill(*args, **kwargs):
+    """Distil a trained model into a few-step student; returns the student's checkpoint path.
+    Arguments as ``mdiff.distillation.distill``: ``mdiff.distill("runs/a/checkpoint.pt",
+    out="runs/fast", config={"steps": 4, "method": "endpoint"})``; the student loads and
+    samples like any checkpoint (``mdiff.load``)."""
+    from .distillation import distill as _distill
+
+    return _distill(*args, **kwargs)
+
+
 def load(path, device="auto", use_ema=True, precision="fp32"):
     """A generator from a checkpoint: ``mdiff.load(ckpt).sample(n, size, sampler, steps, seed)``."""
     from .sampling import load as _load
@@ -41,5 +51,5 @@ def __getattr__(name):
         raise AttributeError(f"module 'mdiff' has no attribute {name!r}") from None
 
 
-__all__ = ["__version__", "MdiffError", "read_volume", "write_volume", "train", "load",
+__all__ = ["__version__", "MdiffError", "read_volume", "write_volume", "train", "distill", "load",
            "SampleRequest"]

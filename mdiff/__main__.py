@@ -5,7 +5,8 @@ import sys
 
 from . import cli
 
-COMMANDS = {"train": cli.train_main, "sample": cli.sample_main, "metrics": cli.metrics_main,
+COMMANDS = {"train": cli.train_main, "sample": cli.sample_main,
+            "distill": cli.distill_main, "metrics": cli.metrics_main,
             "evaluate": cli.evaluate_main,
             "synth": cli.synth_main, "demo": cli.demo_main}
 

@@ -129,6 +129,7 @@ class ModelRecord:
     image_fractions: object = None  # (phases,) float tensor: a 2D model's images' composition
     descriptors: object = None  # (cubes, k) float tensor: the training cubes' descriptors
     descriptor_kind: str = None
+    student: dict = None  # a distilled student's record (mdiff.distill): method, steps, ...
 
 
 def model_record(state, use_ema=True, path=None):
@@ -146,7 +147,8 @@ def model_record(state, use_ema=True, path=None):
             voxel_size=state.get("voxel_size"), unit=state.get("unit"),
             image_fractions=None if fractions is None else fractions.float(),
             descriptors=None if recorded is None else recorded["values"].float(),
-            descriptor_kind=None if recorded is None else recorded["kind"])
+            descriptor_kind=None if recorded is None else recorded["kind"],
+            student=state.get("student"))
     except (KeyError, TypeError) as exc:
         raise MdiffError(f"{path or 'checkpoint'}: not a complete mdiff checkpoint (no "
                          f"{exc})") from None

@@ -236,6 +236,53 @@ def sample_main(argv=None):
     return _run("mdiff-sample", parser, body, argv)
 
 
+def distill_main(argv=None):
+    from .distillation import METHODS, DistillConfig
+
+    parser = _parser("mdiff-distill", "Distil a trained model into a few-step student: the "
+                     "teacher's U-Net, trained to make in --steps network calls what the "
+                     "teacher makes by its default sampling (DPM-Solver++ 30 steps, its "
+                     "guidance in the student's weights). Writes OUT/checkpoint.pt, which "
+                     "mdiff-sample takes like any checkpoint.")
+    parser.add_argument("teacher", nargs="?", metavar="TEACHER.pt",
+                        help="the checkpoint of mdiff-train to distil (with --resume: taken "
+                             "from the run)")
+    parser.add_argument("--out", default="runs/fast", metavar="DIR",
+                        help="run directory: checkpoint.pt (the student), trajectories.pt "
+                             "(the teacher's solutions, endpoint), distill.jsonl")
+    parser.add_argument("--data", nargs="+", metavar="DATA.tif",
+                        help="progressive: the teacher's training volumes, where the files it "
+                             "records are not there")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the run in --out from its last save (bit for bit)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that holds a student")
+    _threads_flag(parser)
+    group = parser.add_argument_group("distillation")
+    for f in dataclasses.fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"guidance": float, "teacher_steps": int}.get(f.name, type(f.default))
+        kw = {"choices": METHODS} if f.name == "method" else {}
+        group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                           help=f"{f.metadata['help']}" + (
+                               "" if f.default is None else f" (default {f.default})"), **kw)
+
+    def body(args):
+        from .distillation import distill
+        from .runtime import keep_freed_memory
+
+        if args.resume and args.overwrite:
+            raise MdiffError("--resume goes on with a run, --overwrite starts it over: give one")
+        if not args.resume and args.teacher is None:
+            raise MdiffError("give the teacher's checkpoint: mdiff-distill TEACHER.pt --out DIR")
+        keep_freed_memory()
+        _set_threads(args.threads)
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)}
+        distill(args.teacher, args.out, values, args.data or (), args.resume, args.overwrite)
+
+    return _run("mdiff-distill", parser, body, argv)
+
+
 def metrics_main(argv=None):
     parser = _parser("mdiff-metrics", "Microstructure metrics of segmented volumes: volume "
                      "fraction, specific surface area, Euler characteristic, two-point "

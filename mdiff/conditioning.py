@@ -148,7 +148,15 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
             cond_out, plain = out.chunk(2)
             out = plain + guidance * (cond_out - plain)
         if hold:
-            p = hold_probabilities(torch.softmax(out.float(), dim=1), c[:, :out.shape[1]])
+            # rows whose condition is not given (dropped, as distillation feeds some) keep
+            # their own probabilities: there are no fractions to hold them to
+            p = torch.softmax(out.float(), dim=1)
+            given = c[:, -1] > 0
+            if bool(given.all()):
+                p = hold_probabilities(p, c[:, :out.shape[1]])
+            elif bool(given.any()):
+                p = p.clone()
+                p[given] = hold_probabilities(p[given], c[given, :out.shape[1]])
             out = torch.log(p.clamp_min(1e-12))
         return out
 

@@ -105,6 +105,16 @@ class GaussianDiffusion:
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
         keep = np.unique(np.round(np.linspace(0, self.num_timesteps - 1, steps)).astype(int))
+        return self.at_timesteps(keep)
+
+    def at_timesteps(self, keep):
+        """The process over the indices ``keep`` (ascending) of this one, with the same ᾱ
+        there: its step 0 goes to x_0 (ᾱ_prev = 1), each other step to the kept index below.
+        ``respace`` keeps evenly spaced indices from 0; a distilled student keeps its own."""
+        keep = np.asarray(keep, dtype=int)
+        if keep.ndim != 1 or len(keep) == 0 or np.any(np.diff(keep) <= 0) or keep[0] < 0 \
+                or keep[-1] >= self.num_timesteps:
+            raise ValueError(f"timesteps must ascend within 0..{self.num_timesteps - 1}")
         abar = self.alphas_cumprod[keep]
         betas = 1.0 - abar / np.append(1.0, abar[:-1])
         return GaussianDiffusion(betas, self.timestep_map[keep], self.objective, self.snr_gamma,

@@ -18,8 +18,11 @@ from .samplers import SAMPLERS
 # deterministic solver leaves the planes' disagreement as voxel-scale roughness; DDIM with
 # eta = 1 lets the later steps mend it, and one axis a step (cycle) did as well as fusing all
 # three at a third of the cost (docs/from-2d.md).
+# A distilled student (``mdiff.distill``) walks its own timesteps by deterministic DDIM, as it
+# was distilled to, with the guidance in its weights: its steps and guidance are fixed.
 KIND_DEFAULTS = {3: {"sampler": "dpm++", "eta": 0.0}, 2: {"sampler": "ddim", "eta": 1.0,
-                                                          "fuse": "cycle"}}
+                                                          "fuse": "cycle"},
+                 "student": {"sampler": "ddim", "eta": 0.0}}
 TILINGS = ("auto", "whole", "windows")
 OVERLAP, WINDOWS, SLICES = 0.25, 8, 64  # defaults of the request's None
 # The guidance where each volume's composition is drawn (no target): at 1 the generated
@@ -46,6 +49,7 @@ class ModelFacts:
     labels: tuple = None  # the phases' labels (what --targets names them by)
     # (K, k) descriptors of the training cubes a conditioned model draws from
     recorded: object = field(default=None, compare=False, repr=False)
+    student: dict = field(default=None, compare=False)  # a distilled student's record
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Plan:
     match_fractions: list = None
     respaced: bool = True  # a re-spaced process of ``steps`` (False: the whole schedule)
     hold: bool = False  # each window's phase probabilities held to its condition's fractions
+    baked_guidance: float = None  # a distilled student's guidance, in its weights (one branch)
 
     def but(self, **changes):
         """A copy with some fields changed."""
@@ -108,6 +113,8 @@ def shape_of(facts, size):
 
 def sampler_settings(facts, request):
     """(sampler, steps, eta) with the model kind's defaults where not given."""
+    if facts.student is not None:
+        return student_settings(facts, request)
     name = request.sampler or KIND_DEFAULTS[facts.dims]["sampler"]
     if name not in SAMPLERS:
         raise MdiffError(f"--sampler must be one of {tuple(SAMPLERS)}, got {name!r}")
@@ -126,6 +133,21 @@ def sampler_settings(facts, request):
     if "eta" in spec.options:
         eta = KIND_DEFAULTS[facts.dims]["eta"] if request.eta is None else float(request.eta)
     return name, steps, eta
+
+
+def student_settings(facts, request):
+    """A distilled student's (sampler, steps, eta): its own, and one line for another."""
+    kind, steps = KIND_DEFAULTS["student"], int(facts.student["steps"])
+    if request.sampler not in (None, kind["sampler"]):
+        raise MdiffError(f"this is a distilled student: it samples with {kind['sampler']} over "
+                         f"its own {steps} step(s), not --sampler {request.sampler}")
+    if request.steps is not None and int(request.steps) != steps:
+        raise MdiffError(f"this student was distilled to {steps} step(s); --steps "
+                         f"{request.steps} needs another distillation (mdiff-distill --steps "
+                         f"{request.steps})")
+    if request.eta not in (None, 0, 0.0):
+        raise MdiffError("a distilled student samples deterministically (--eta 0)")
+    return kind["sampler"], steps, kind["eta"]
 
 
 def draws_from_training(facts, request):
@@ -167,8 +189,17 @@ def drawn_as(facts, request, tiling, shape):
     return "unconditional" if max(shape) > facts.patch else "per volume"
 
 
-def guidance_for(request, drawn):
-    """The guidance scale: the request's, else DRAWN_GUIDANCE for per-volume draws, else 1."""
+def guidance_for(request, drawn, facts=None):
+    """The guidance scale the network calls apply: the request's, else DRAWN_GUIDANCE for
+    per-volume draws, else 1; 1 for a distilled student, whose guidance is in its weights (one
+    other than its own is refused)."""
+    if facts is not None and facts.student is not None:
+        baked = float(facts.student["guidance"])
+        if request.guidance is not None and float(request.guidance) != baked:
+            raise MdiffError(f"this student was distilled at guidance {baked:g}, which is in "
+                             f"its weights; --guidance {request.guidance:g} needs another "
+                             f"distillation (mdiff-distill --guidance {request.guidance:g})")
+        return 1.0
     if request.guidance is not None:
         return float(request.guidance)
     return DRAWN_GUIDANCE if drawn == "per volume" else 1.0
@@ -293,9 +324,11 @@ def make_plan(facts, request, seed=None):
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     plan = Plan(count=count, shape=shape, batch=batch, sampler=sampler, steps=steps, eta=eta,
                 variance=request.variance, seed=int(seed), first=int(request.first),
-                guidance=guidance_for(request, drawn), drawn=drawn, target=target,
+                guidance=guidance_for(request, drawn, facts), drawn=drawn, target=target,
                 profile=profile, respaced=SAMPLERS[sampler].steps is not None,
-                hold=hold_for(facts, request, drawn), **geometry)
+                hold=hold_for(facts, request, drawn),
+                baked_guidance=None if facts.student is None
+                else float(facts.student["guidance"]), **geometry)
     check_plan_memory(facts, plan)
     return plan
 

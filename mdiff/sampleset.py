@@ -148,7 +148,8 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
             "target": None if request.fractions is None else list(request.fractions),
             "graded": None if profile is None else {
                 "axis": profile[0], "points": [[p, list(v)] for p, v in profile[1]]},
-            "guidance": plan.guidance, "drawn": plan.drawn, "hold_fractions": plan.hold,
+            "guidance": plan.guidance if plan.baked_guidance is None else plan.baked_guidance,
+            "drawn": plan.drawn, "hold_fractions": plan.hold,
             "per_volume": gen.per_volume_conditions(plan.but(first=0), n)}
         if gen.condition != "fractions" or request.targets is not None:
             # the request's --targets and the whole vector each volume was conditioned on
@@ -160,7 +161,11 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
     return {"mdiff_version": __version__, "torch_version": torch.__version__,
             "numpy_version": numpy.__version__, "threads": torch.get_num_threads(),
             "checkpoint": str(Path(ckpt).resolve()),
-            "checkpoint_step": gen.step, "objective": gen.diffusion.objective, "count": n,
+            "checkpoint_step": gen.step, "objective": gen.diffusion.objective,
+            "student": None if gen.student is None else {
+                k: gen.student[k] for k in ("method", "steps", "guidance", "teacher",
+                                            "teacher_step", "teacher_sha256", "iterations")},
+            "count": n,
             "processes": processes, "size": list(plan.shape), "training_size": gen.patch,
             **{k: v for k, v in plan.layout().items()},
             "sampler": plan.sampler, "steps": plan.steps, "eta": plan.eta, "seed": plan.seed,
@@ -180,11 +185,17 @@ def _announce(gen, plan, n, world, here):
         how = f"a 2D model, multi-plane denoising ({turn}, {plan.slices} slices a call)"
     else:
         how = "the whole volume at once"
+    student = gen.student
     return (f"mdiff-sample: {n} volume(s) of {'x'.join(map(str, plan.shape))} with "
-            f"{plan.sampler}{f' ({plan.steps} steps)' if plan.respaced else ''} on "
+            + (f"a distilled student ({student['method']}, {plan.steps} steps, guidance "
+               f"{student['guidance']:g} in its weights)"
+               if student else
+               f"{plan.sampler}{f' ({plan.steps} steps)' if plan.respaced else ''}")
+            + f" on "
             f"{gen.device}, checkpoint step {gen.step}; {how}"
             f"{', periodic' if plan.periodic else ''}"
-            + (f", guidance {plan.guidance:g}" if gen.condition != "none" else "")
+            + (f", guidance {plan.guidance:g}" if gen.condition != "none" and not student
+               else "")
             + (f", {world} processes ({here} volumes here)" if world > 1 else ""))
 
 

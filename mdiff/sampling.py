@@ -65,7 +65,8 @@ class Generator:
             activation_bytes=self.model.activation_bytes_per_voxel(),
             image_fractions=None if fractions is None else tuple(fractions.tolist()),
             device=str(self.device), labels=tuple(int(v) for v in self.phase_map.labels),
-            recorded=record.descriptors)
+            recorded=record.descriptors, student=record.student)
+        self.student = record.student
 
     def model_fn(self, x, t, *extra, cond=None, plane=None):
         """The network as the samplers call it: ``model(x_t, t)`` under the precision."""
@@ -104,13 +105,21 @@ class Generator:
                               plan.periodic, plan.windows_per_call, self.model.factor,
                               progress=on_windows)
 
+    def process(self, plan):
+        """The process the sampler walks: a distilled student's own timesteps, the schedule
+        re-spaced to the plan's steps, or the whole schedule (ddpm)."""
+        if self.student is not None:
+            return self.diffusion.at_timesteps(self.student["timesteps"])
+        if plan.respaced:
+            return self.diffusion.respace(min(plan.steps, self.diffusion.num_timesteps))
+        return self.diffusion
+
     def generate(self, request, progress=None):
         """The volumes of ``request`` (a ``SampleRequest``, or a ``Plan`` made from one),
         with the plan and their conditions. ``progress(done, total)`` after every denoising
         step of every batch, in volume-steps (fractions of a step over windows)."""
         plan = request if isinstance(request, planning.Plan) else self.plan(request)
-        process = (self.diffusion.respace(min(plan.steps, self.diffusion.num_timesteps))
-                   if plan.respaced else self.diffusion)
+        process = self.process(plan)
         spec = SAMPLERS[plan.sampler]
         options = {"eta": plan.eta, "variance": plan.variance}
         shape = (self.phase_map.n, *plan.shape)

@@ -329,6 +329,9 @@ def _resumed(out, train):
     if not ckpt_path.exists():
         raise MdiffError(f"--resume: no checkpoint at {ckpt_path}")
     state = checkpoint.load(ckpt_path)
+    if state.get("student") is not None:
+        raise MdiffError(f"{ckpt_path} is a distilled student; go on with its distillation "
+                         f"by mdiff-distill --resume --out {out}")
     record = checkpoint.run_record(state)
     tcfg = override(record.train, {
         k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
