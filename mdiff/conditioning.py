@@ -135,9 +135,11 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
     per_call = cond if isinstance(cond, list) else [cond]
     calls = [0]
 
-    def model(x, t, *extra):
-        c = per_call[calls[0] % len(per_call)].to(x.device)
-        calls[0] += 1
+    def model(x, t, *extra, group=None):
+        if group is None:
+            group = calls[0]
+            calls[0] += 1
+        c = per_call[group % len(per_call)].to(x.device)
         c = c.repeat(len(x) // len(c), 1)
         if guidance == 1:
             out = model_fn(x, t, *extra, cond=c)
@@ -160,4 +162,7 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
             out = torch.log(p.clamp_min(1e-12))
         return out
 
+    # the callable of window group k of a step (``mdiff.tiling``), whatever was called before:
+    # processes that share a step's windows out each call only their own groups
+    model.for_group = lambda k: lambda x, t, *extra: model(x, t, *extra, group=k)
     return model

@@ -64,6 +64,19 @@ def mean(tensor):
     return tensor
 
 
+def gather(tensor):
+    """The ``tensor`` of every process, in rank order (a list of one for one process); the
+    tensors must have one shape."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [tensor]
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return out
+
+
 def cleanup():
     import torch.distributed as dist
 

@@ -75,8 +75,12 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     if n < 1:
         raise MdiffError(f"-n {n}: nothing to generate; give at least 1 volume")
     check_folder(out_dir, overwrite)
-    share = range(n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world)
     gen = load(ckpt, device, use_ema, precision)
+    # fewer volumes than processes, by windows: every process makes every volume, sharing
+    # each step's windows; else each makes its block of the volumes
+    windows = ctx.world > n and gen.plan(request).tiling == "windows"
+    share = range(n) if windows else range(n * ctx.rank // ctx.world,
+                                           n * (ctx.rank + 1) // ctx.world)
     plan = gen.plan(request.but(count=max(len(share), 1), first=share.start))
     partial = out_dir / ".partial"
     if ctx.main:
@@ -84,13 +88,13 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
         partial.mkdir(parents=True)
     distributed.barrier()
     started = time.perf_counter()
-    log(_announce(gen, plan, n, ctx.world, len(share)))
+    log(_announce(gen, plan, n, ctx.world, len(share), windows))
     busy = gen.device.type == "cpu" and ctx.world == 1 and busy_warning("mdiff-sample")
     if busy:
         log(busy)
     try:
-        volumes = gen.generate(plan, _Progress(log)).volumes if len(share) else []
-        for i, volume in zip(share, volumes):
+        volumes = gen.generate(plan, _Progress(log), windows).volumes if len(share) else []
+        for i, volume in zip(share if ctx.main or not windows else (), volumes):
             write_volume(partial / f"sample_{i:03d}.{fmt}", volume, voxel_size=gen.voxel_size,
                          unit=gen.unit)
     except BaseException:
@@ -103,7 +107,8 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     if not ctx.main:
         return paths
     info = samples_json(gen, plan, request, ckpt, n, ctx.world, use_ema, precision,
-                        time.perf_counter() - started, [p.name for p in paths])
+                        time.perf_counter() - started, [p.name for p in paths],
+                        "windows" if windows else "volumes")
     with atomic_path(partial / "samples.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
     # the new set is complete: the old one goes as a whole, its samples.json first, and the
@@ -138,8 +143,10 @@ def _processes(request, device, log):
     return ctx, device, log
 
 
-def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, seconds, files):
-    """What samples.json records: the model, the plan, the conditions and the files."""
+def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, seconds, files,
+                 shared="volumes"):
+    """What samples.json records: the model, the plan, the conditions and the files;
+    ``shared``: what the processes shared out (whole volumes, or each step's windows)."""
     condition = None
     if gen.condition != "none":
         profile = plan.profile
@@ -166,7 +173,7 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
                 k: gen.student[k] for k in ("method", "steps", "guidance", "teacher",
                                             "teacher_step", "teacher_sha256", "iterations")},
             "count": n,
-            "processes": processes, "size": list(plan.shape), "training_size": gen.patch,
+            "processes": processes, "processes_share": shared, "size": list(plan.shape), "training_size": gen.patch,
             **{k: v for k, v in plan.layout().items()},
             "sampler": plan.sampler, "steps": plan.steps, "eta": plan.eta, "seed": plan.seed,
             "ema": use_ema, "precision": precision, "device": str(gen.device),
@@ -174,7 +181,7 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
             "seconds": seconds, "files": files}
 
 
-def _announce(gen, plan, n, world, here):
+def _announce(gen, plan, n, world, here, windows=False):
     """The first line of a sampling run: what, how, where."""
     if plan.tiling == "windows":
         how = (f"{plan.windows} windows of {plan.window}^3 a step (overlap "
@@ -196,7 +203,8 @@ def _announce(gen, plan, n, world, here):
             f"{', periodic' if plan.periodic else ''}"
             + (f", guidance {plan.guidance:g}" if gen.condition != "none" and not student
                else "")
-            + (f", {world} processes ({here} volumes here)" if world > 1 else ""))
+            + (f", {world} processes sharing each step's windows" if windows else
+               f", {world} processes ({here} volumes here)" if world > 1 else ""))
 
 
 class _Progress:

@@ -89,9 +89,10 @@ class Generator:
             return None
         return conditioning.per_volume(self.record.descriptors, n, seed, first, target)
 
-    def denoiser(self, process, plan, model_fn, on_windows=None):
+    def denoiser(self, process, plan, model_fn, on_windows=None, share=None):
         """``denoise(x_t, t)`` of ``plan`` over ``model_fn``: whole, by windows or by planes;
-        ``on_windows(k, K)`` after each network call of a step over windows or planes."""
+        ``on_windows(k, K)`` after each network call of a step over windows or planes;
+        ``share`` (rank, world, gather) shares each step's windows out over processes."""
         if plan.tiling == "whole":
             self.model.set_periodic(plan.periodic)
             return process.denoiser(model_fn)
@@ -103,7 +104,7 @@ class Generator:
         self.model.set_periodic(False)
         return tiled_denoiser(process, model_fn, plan.shape, plan.window, plan.overlap,
                               plan.periodic, plan.windows_per_call, self.model.factor,
-                              progress=on_windows)
+                              progress=on_windows, share=share)
 
     def process(self, plan):
         """The process the sampler walks: a distilled student's own timesteps, the schedule
@@ -114,11 +115,26 @@ class Generator:
             return self.diffusion.respace(min(plan.steps, self.diffusion.num_timesteps))
         return self.diffusion
 
-    def generate(self, request, progress=None):
+    def generate(self, request, progress=None, share_windows=False):
         """The volumes of ``request`` (a ``SampleRequest``, or a ``Plan`` made from one),
         with the plan and their conditions. ``progress(done, total)`` after every denoising
-        step of every batch, in volume-steps (fractions of a step over windows)."""
+        step of every batch, in volume-steps (fractions of a step over windows).
+
+        ``share_windows``: every process of an initialised process group (torchrun) calls this
+        with the same request; each step's windows are shared out over them and every one
+        returns the same volumes, those one process makes (a volume too large for one
+        process's time; ``mdiff-sample`` under torchrun does this for fewer volumes than
+        processes, and shares whole volumes out otherwise)."""
         plan = request if isinstance(request, planning.Plan) else self.plan(request)
+        share = None
+        if share_windows:
+            from . import distributed
+
+            if plan.tiling != "windows":
+                raise MdiffError("sharing a volume's windows over processes needs --tiling "
+                                 "windows (a larger volume than the training cube)")
+            ctx = distributed.context()
+            share = (ctx.rank, ctx.world, distributed.gather)
         process = self.process(plan)
         spec = SAMPLERS[plan.sampler]
         options = {"eta": plan.eta, "variance": plan.variance}
@@ -133,7 +149,7 @@ class Generator:
             cond = conditioning.for_batch(plan, self.record.descriptors, self.model.factor,
                                           self.patch, start, b)
             model_fn = conditioning.guided(self.model_fn, cond, plan.guidance, plan.hold)
-            denoise = self.denoiser(process, plan, model_fn, on_windows)
+            denoise = self.denoiser(process, plan, model_fn, on_windows, share)
             x = spec.fn(denoise, process, shape, gens, self.device, progress=report,
                         **{k: options[k] for k in spec.options})
             out.append(self.phase_map.decode(x))

@@ -84,15 +84,22 @@ class Tiling:
 
 
 def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False, batch=8,
-                   factor=1, clip_denoised=True, progress=None):
+                   factor=1, clip_denoised=True, progress=None, share=None):
     """``denoise(x_t, t) -> (x̂_0, ε̂)`` for volumes of spatial ``shape``, from the network run
     on windows of side ``window`` (``batch`` windows a call) whose x̂_0 are fused with
     ``bump`` weights. With self-conditioning, each window is fed its crop of the previous fused
     x̂_0. ``progress(k, K)`` is called after each network call of a step, k of K windows done
-    (a step over a large volume can take minutes)."""
+    (a step over a large volume can take minutes).
+
+    ``share`` = (rank, world, gather): the processes of a group share each step's window
+    groups out, process r taking groups r, r + world, ...; ``gather`` (``distributed.gather``)
+    hands every process the others' x̂_0, which each fuses in the one-process order, so every
+    process holds the same x̂_0 as one process would, bit for bit where the network's outputs
+    are. The model callable's ``for_group(k)`` (``conditioning.guided``) conditions group k."""
     tiling = Tiling(shape, window, overlap, periodic, factor)
     groups = tiling.batches(batch)  # window indices are made as needed: all of them at once
     count = sum(map(len, groups))   # would take 8 bytes × window voxels × windows
+    rank, world, gather = share or (0, 1, None)
     previous = [None]
     norm = None
 
@@ -109,17 +116,35 @@ def tiled_denoiser(diffusion, model, shape, window, overlap=0.5, periodic=False,
         side = tiling.sides
         before = None if previous[0] is None else previous[0].reshape(n, c, -1)
         done = 0
-        for group in groups:
-            chunk = [tiling.index(corner).to(x_t.device) for corner in group]
+
+        def predict(k):
+            """x̂_0 (len(group), n, c, window voxels) of group k, and its indices."""
+            chunk = [tiling.index(corner).to(x_t.device) for corner in groups[k]]
             crop = torch.cat([flat[:, :, idx].reshape(n, c, *side) for idx in chunk])
             x_self = None if before is None else torch.cat(
                 [before[:, :, idx].reshape(n, c, *side) for idx in chunk])
-            tt = t.repeat(len(chunk))
-            x_start, _ = diffusion.predict(model, crop, tt, x_self, clip_denoised)
-            x_start = x_start.reshape(len(chunk), n, c, -1)
-            for j, idx in enumerate(chunk):
-                fused.index_add_(2, idx, x_start[j] * weight)
-            done += len(chunk)
+            call = model.for_group(k) if hasattr(model, "for_group") else model
+            x_start, _ = diffusion.predict(call, crop, t.repeat(len(chunk)), x_self,
+                                           clip_denoised)
+            return x_start.reshape(len(chunk), n, c, -1), chunk
+
+        for first in range(0, len(groups), world):
+            if world == 1:
+                made = [predict(first)]
+            else:  # each process one group of the round; all fuse all of them, in order
+                mine = first + rank
+                x_start = torch.zeros(batch, n, c, math.prod(side), device=x_t.device)
+                if mine < len(groups):
+                    got, _ = predict(mine)
+                    x_start[:len(got)] = got
+                made = [(x_start[:len(groups[k])],
+                         [tiling.index(corner).to(x_t.device) for corner in groups[k]])
+                        for k, x_start in zip(range(first, min(first + world, len(groups))),
+                                              gather(x_start))]
+            for x_start, chunk in made:
+                for j, idx in enumerate(chunk):
+                    fused.index_add_(2, idx, x_start[j] * weight)
+                done += len(chunk)
             if progress:
                 progress(done, count)
         fused /= norm
