@@ -39,7 +39,7 @@ from .data import SYMMETRIES, CubeDataset
 from .errors import MdiffError
 from .io import atomic_path
 from .plan import DRAWN_GUIDANCE
-from .runtime import autocast
+from .runtime import autocast, check_memory
 from .samplers import dpmpp_2m_sample
 
 METHODS = ("endpoint", "progressive")
@@ -223,6 +223,9 @@ def solve(gen, teacher, cfg, path, log):
     n, c, p = cfg.trajectories, gen.phase_map.n, gen.patch
     keep = student_timesteps(gen.diffusion.num_timesteps, cfg.steps)
     shape = (c, p, p, p)
+    # the solutions are held in memory (float16) and saved whole after each batch
+    check_memory(2 * 2 * n * (len(keep) + 1) * math.prod(shape), "cpu",
+                 "give fewer --trajectories", what=f"{n} teacher solutions")
     made = None
     if Path(path).is_file():
         made = torch.load(path, map_location="cpu", weights_only=True)
@@ -385,6 +388,7 @@ def distill(teacher_path, out="runs/fast", config=None, data=(), resume=False,
         raise MdiffError(f"{teacher_path} is not the teacher this run was distilled from (its "
                          "weights differ)")
     cfg = _settle(cfg, record)
+    dataset = _cubes(state, record, data, log) if cfg.method == "progressive" else None
     gen = Generator(state, cfg.device, True, cfg.precision, path=str(teacher_path))
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp.*"):  # a save killed half-way
@@ -400,6 +404,9 @@ def distill(teacher_path, out="runs/fast", config=None, data=(), resume=False,
         student.ema.load_state_dict(resumed["ema"])
         student.optimizer.load_state_dict(resumed["distill"]["optimizer"])
         step, round_ = int(resumed["distill"]["step"]), int(resumed["distill"]["round"])
+        if step >= cfg.iterations:
+            log(f"mdiff-distill: {out / CHECKPOINT} is already at step {step}; raise "
+                "--iterations to go on")
     log(f"mdiff-distill: {cfg.method} distillation of {teacher_path} (step {gen.step}) into "
         f"{cfg.steps} call(s) a volume, guidance {cfg.guidance:g} in the weights; "
         f"{gen.device}, {cfg.precision}; steps {step} -> {cfg.iterations}; run dir {out}")
@@ -420,7 +427,6 @@ def distill(teacher_path, out="runs/fast", config=None, data=(), resume=False,
         def loss_at(step):
             return endpoint_loss(student, process, made, cfg, step, hold, gen.device)
     else:
-        dataset = _cubes(state, record, data, log)
         rounds = int(math.log2(cfg.teacher_steps // cfg.steps))
         per_round = math.ceil(cfg.iterations / rounds)
         round_teacher = None if resumed is None else resumed["distill"].get("round_teacher")
