@@ -23,6 +23,7 @@ The student's file is the teacher's checkpoint layout with the student's weights
 checksum); sampling reads it as one more model kind (``plan.KIND_DEFAULTS["student"]``).
 """
 import copy
+import json
 import math
 import sys
 import time
@@ -407,6 +408,7 @@ def distill(teacher_path, out="runs/fast", config=None, data=(), resume=False,
         if step >= cfg.iterations:
             log(f"mdiff-distill: {out / CHECKPOINT} is already at step {step}; raise "
                 "--iterations to go on")
+    _truncate_log(out / "distill.jsonl", step)  # lines a stopped run wrote after its last save
     log(f"mdiff-distill: {cfg.method} distillation of {teacher_path} (step {gen.step}) into "
         f"{cfg.steps} call(s) a volume, guidance {cfg.guidance:g} in the weights; "
         f"{gen.device}, {cfg.precision}; steps {step} -> {cfg.iterations}; run dir {out}")
@@ -557,6 +559,14 @@ def _check_folder(out, resume, overwrite):
         for name in RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
+
+
+def _truncate_log(path, step):
+    """Keep the log's lines up to ``step``."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def _duration(seconds):

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,36 @@ def test_a_sample_set_killed_while_written_is_the_old_set_or_the_new(volume, tmp
                        capture_output=True)
         final = {p.name: p.read_bytes() for p in out.iterdir()}
         assert volumes(final) == volumes(new) and "samples.json" in final
+
+
+def test_a_distillation_killed_at_any_moment_goes_on_to_the_uninterrupted_student(tmp_path):
+    """Killed while the teacher solves (its solutions so far kept) or while the student
+    learns (its last save kept): the same command, or --resume, ends where an uninterrupted
+    run ends, bit for bit."""
+    import torch
+
+    teacher = Path(__file__).resolve().parent / "pin" / "tiny3d.pt"
+
+    def args(out):
+        return ["mdiff-distill", str(teacher), "--out", str(out), "--iterations", "8",
+                "--trajectories", "4", "--batch-size", "2", "--save-every", "2",
+                "--log-every", "1", "--threads", "1"]
+
+    started = time.perf_counter()
+    subprocess.run(args(tmp_path / "whole"), check=True, env=_env(), capture_output=True)
+    duration = time.perf_counter() - started
+    want = checkpoint.load(tmp_path / "whole" / "checkpoint.pt")["ema"]
+    rng = np.random.default_rng(26)
+    for k in range(KILLS):
+        out = tmp_path / f"killed{k}"
+        _kill_after(args(out), float(rng.uniform(0.3, 1.0)) * duration, tmp_path)
+        again = (["mdiff-distill", "--resume", "--out", str(out), "--threads", "1"]
+                 if (out / "checkpoint.pt").exists() else args(out))
+        done = subprocess.run(again, env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, (k, done.stderr[-400:])
+        got = checkpoint.load(out / "checkpoint.pt")
+        assert got["distill"]["step"] == 8
+        assert all(torch.equal(got["ema"][name], want[name]) for name in want), k
+        steps = [json.loads(line)["step"] for line in
+                 (out / "distill.jsonl").read_text().splitlines() if line.strip()]
+        assert steps == list(range(1, 9)), (k, steps)
