@@ -23,11 +23,10 @@ The student's file is the teacher's checkpoint layout with the student's weights
 checksum); sampling reads it as one more model kind (``plan.KIND_DEFAULTS["student"]``).
 """
 import copy
-import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +34,19 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, conditioning, descriptors
-from .config import to_dict
+from .config import _f, to_dict
 from .data import SYMMETRIES, CubeDataset
 from .errors import MdiffError
 from .io import atomic_path
 from .plan import DRAWN_GUIDANCE
 from .runtime import autocast, check_memory
 from .samplers import dpmpp_2m_sample
+from .training import _duration, _truncate_log
 
 METHODS = ("endpoint", "progressive")
 CHECKPOINT = "checkpoint.pt"
 TRAJECTORIES = "trajectories.pt"
 RUN_FILES = (CHECKPOINT, TRAJECTORIES, "distill.jsonl")
-
-
-def _f(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class DistillConfig:
                                  "teacher's DDIM steps round by round, on training cubes)")
     steps: int = _f(4, "network calls per volume the student makes; must divide the "
                        "teacher's timesteps")
-    iterations: int = _f(600, "optimisation steps of the student (progressive: over all its "
+    iterations: int = _f(300, "optimisation steps of the student (progressive: over all its "
                               "rounds)")
     batch_size: int = _f(4, "states (endpoint) or cubes (progressive) per step")
     lr: float = _f(1e-4, "AdamW learning rate")
@@ -68,7 +64,7 @@ class DistillConfig:
     guidance: float = _f(None, "classifier-free guidance put into the student (default: what "
                                "the teacher samples drawn compositions with, 1.4; 1 for an "
                                "unconditioned teacher)")
-    trajectories: int = _f(64, "endpoint: the teacher's solutions the student learns from "
+    trajectories: int = _f(48, "endpoint: the teacher's solutions the student learns from "
                                "(solved first, kept in the run folder)")
     teacher_steps: int = _f(None, "endpoint: DPM-Solver++ steps of the teacher's solutions "
                                   "(default 30, its sampling default); progressive: DDIM "
@@ -559,17 +555,3 @@ def _check_folder(out, resume, overwrite):
         for name in RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
-
-
-def _truncate_log(path, step):
-    """Keep the log's lines up to ``step``."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
-
-
-def _duration(seconds):
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
