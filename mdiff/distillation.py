@@ -69,7 +69,7 @@ class DistillConfig:
     teacher_steps: int = _f(None, "endpoint: DPM-Solver++ steps of the teacher's solutions "
                                   "(default 30, its sampling default); progressive: DDIM "
                                   "steps of the first round's teacher, a power-of-2 multiple "
-                                  "of --steps (default: the first at or above 32)")
+                                  "of --steps (default: the first at or above 16)")
     cond_drop: float = _f(0.1, "share of states (or cubes) distilled without a condition, so "
                                "the student keeps its unconditional branch")
     seed: int = _f(0, "seed of the solutions' noise and conditions and of the batches")
@@ -130,7 +130,7 @@ def _settle(cfg, record):
         teacher_steps = teacher_steps or 30
     else:
         teacher_steps = teacher_steps or cfg.steps * 2 ** max(
-            1, math.ceil(math.log2(32 / cfg.steps)))
+            1, math.ceil(math.log2(16 / cfg.steps)))
         ratio = teacher_steps // cfg.steps
         if teacher_steps % cfg.steps or ratio < 2 or ratio & (ratio - 1):
             raise MdiffError(f"--teacher-steps {teacher_steps}: progressive distillation "
