@@ -349,8 +349,9 @@ def _evaluate_parser():
     parser = _parser("mdiff-evaluate", "Judge generated volumes (from mdiff or any other "
                      "generator) against real cubes of the same size, on the distribution of "
                      "their per-cube figures: effect size, spread ratio, Wasserstein-1 and "
-                     "Kolmogorov-Smirnov, with a verdict calibrated on random splits of the "
-                     "real cubes. Exit 0 whatever the verdicts; 2 for bad input.")
+                     "Kolmogorov-Smirnov, with a verdict by a permutation test at the sizes "
+                     "compared, beside what a set of real cubes would score. Exit 0 whatever "
+                     "the verdicts; 2 for bad input.")
     parser.add_argument("real", metavar="REAL.tif",
                         help="the real segmented volume (use --real-region for a held-out slab)")
     parser.add_argument("generated", nargs="+", metavar="GENERATED",
@@ -388,7 +389,8 @@ def _evaluate_parser():
     parser.add_argument("--device", default="cpu",
                         help="device of the transport solver: cpu, cuda, cuda:N")
     parser.add_argument("--permutations", type=int, default=200, metavar="P",
-                        help="random splits of the real cubes behind each verdict's floor")
+                        help="random re-labellings of each set's and the real cubes behind "
+                             "each verdict (its permutation p-value resolves 1/(P + 1))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits")
     parser.add_argument("--s2-max", type=int, metavar="R", help="largest S2 distance "
                         "(default: half the cube side)")
@@ -431,7 +433,7 @@ def evaluate_main(argv=None):
             args.transport, args.permutations, args.seed, args.s2_max,
             args.memorisation_cubes, args.device, transport_tol=args.transport_tol,
             near=args.near, near_tol=args.near_tol,
-            slices=Path(args.out) / "slices.png" if args.out else None)
+            slices=evaluate.report_staging(args.out) / "slices.png" if args.out else None)
         result["command"] = "mdiff-evaluate " + " ".join(
             sys.argv[1:] if argv is None else argv)
         text = evaluate.format_markdown(result)
@@ -439,25 +441,12 @@ def evaluate_main(argv=None):
         if args.plot:
             evaluate.plot_result(args.plot, result)
         if args.out:
-            _write_report(Path(args.out), result, text)
+            made = evaluate.write_report(args.out, result, text, evaluate.plot_result)
+            if "report.png" not in made:
+                print("mdiff-evaluate: no report.png without matplotlib (pip install "
+                      "'mdiff[plot]')", file=sys.stderr)
 
     return _run("mdiff-evaluate", parser, body, argv)
-
-
-def _write_report(out, result, text):
-    """report.md, report.json and report.png in ``out`` (slices.png is written with the
-    measurement), each atomically."""
-    from . import evaluate
-    from .io import atomic_path
-
-    out.mkdir(parents=True, exist_ok=True)
-    for name, content in (("report.md", f"`{result['command']}`\n\n{text}\n"),
-                          ("report.json", json.dumps(result, indent=1, allow_nan=False) + "\n")):
-        with atomic_path(out / name) as tmp:
-            Path(tmp).write_text(content)
-    if not evaluate.plot_result(out / "report.png", result):
-        print("mdiff-evaluate: no report.png without matplotlib (pip install 'mdiff[plot]')",
-              file=sys.stderr)
 
 
 def _check_plot_target(path):

@@ -17,7 +17,8 @@ import numpy as np
 
 from . import metrics, synth
 from .errors import MdiffError
-from .evaluate_report import format_markdown, plot_result, plot_slices  # noqa: F401
+from .evaluate_report import (format_markdown, plot_result, plot_slices,  # noqa: F401
+                              report_staging, write_report)
 from .grid import grid_cubes  # noqa: F401  (mdiff.evaluate.grid_cubes, as before)
 from .memorisation import memorisation, nearest_training_agreement  # noqa: F401
 from .report import summarise

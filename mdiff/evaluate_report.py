@@ -1,6 +1,13 @@
 """The report of ``mdiff-evaluate``: the verdict tables in markdown, the figure (S2 with the
 real band, per-cube box plots, D_eff/D per axis) and the picture of the material itself
-(mid-depth slices of real and generated cubes side by side)."""
+(mid-depth slices of real and generated cubes side by side), and the report folder they are
+written to as one set (``report_staging``, ``write_report``)."""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 from .figures import FIGURES, table
@@ -25,15 +32,22 @@ def format_markdown(result, title=None):
               + ". " + ", ".join(f"`{s['name']}`: {s['count']} cubes" for s in result["sets"])
               + ". d = |Δmean| / sd_real; spread = sd_gen / sd_real; W1/sd = Wasserstein-1 "
               "distance between the sets' per-cube values over sd_real, against the "
-              f"{100 * result['level']:.0f}th percentile of the same between random parts of "
-              "the real cubes (floor); KS p = two-sample Kolmogorov–Smirnov p-value. S2: "
+              f"{100 * result['level']:.0f}th percentile of the same over "
+              + ("random re-labellings of the set's and the real cubes pooled"
+                 if result.get("test") == "permutation" else
+                 "random parts of the real cubes") +
+              " (floor); KS p = two-sample Kolmogorov–Smirnov p-value. S2: "
               "NRMSE of the mean curves (z, y, x) over φ(1 − φ), against its floor.", ""]
     formats = {f.key: f.fmt for f in FIGURES.values()}
     formats["tpb_density"] = "{:.4g}"
     shorts = {f.key: f.short for f in FIGURES.values()}
     shorts.update(tpb_density="TPB density", s2="S2")
     for s in result["sets"]:
-        lines += [f"### `{s['name']}`: {s['as_real']} of {s['figures']} figures as real", "",
+        e = s.get("expected_as_real")
+        beside = "" if e is None else (f" (a set of real cubes of its size: {e['mean']:.1f} "
+                                       f"± {e['sd']:.1f})")
+        lines += [f"### `{s['name']}`: {s['as_real']} of {s['figures']} figures as real"
+                  + beside, "",
                   "| phase | figure | real mean ± sd | generated mean ± sd | d | spread | "
                   "W1/sd (floor) | KS p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for v in (v for v in result["verdicts"] if v["set"] == s["name"]):
@@ -179,3 +193,58 @@ def plot_slices(path, sets, labels, count=4, dpi=110):
     _save_figure(fig, path, dpi)
     plt.close(fig)
     return True
+
+
+# What a report folder holds besides report.json, which is written last and names them
+REPORT_FILES = ("report.md", "report.png", "slices.png")
+
+
+def report_staging(out):
+    """Where a report for the folder ``out`` is made before it replaces the old one:
+    ``out/.partial`` (what a killed run left there is ours and is cleared)."""
+    staging = Path(out) / ".partial"
+    if staging.is_dir():
+        shutil.rmtree(staging)
+    return staging
+
+
+def write_report(out, result, text, plot=None):
+    """The report of ``result`` into the folder ``out`` as one set: report.md and report.png
+    (and slices.png, already made there during the measurement) are made in
+    ``report_staging(out)``; then the old report.json goes, the new files replace the old
+    (a file this run has none of is removed), and report.json comes last, naming each file
+    with its SHA-256. A report.json therefore always belongs to the files beside it, however
+    the run ends (a run killed between leaves no report.json, and its files are replaced by
+    the next). ``plot(path, result)`` draws report.png (False where it cannot).
+    Returns the names written."""
+    out = Path(out)
+    staging = out / ".partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        return _commit(out, staging, result, text, plot)
+    finally:  # what a failed run staged is of no use to the next
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(out, staging, result, text, plot):
+    (staging / "report.md").write_text(f"`{result['command']}`\n\n{text}\n")
+    if plot is not None:
+        plot(staging / "report.png", result)
+    made = [name for name in REPORT_FILES if (staging / name).is_file()]
+    digests = {name: hashlib.sha256((staging / name).read_bytes()).hexdigest()
+               for name in made}
+    manifest = out / "report.json"
+    if manifest.exists():
+        manifest.unlink()
+    for name in REPORT_FILES:
+        if name in made:
+            os.replace(staging / name, out / name)
+        elif (out / name).is_file():
+            (out / name).unlink()
+    from .io import atomic_path
+
+    with atomic_path(manifest) as tmp:
+        Path(tmp).write_text(json.dumps({**result, "files": digests}, indent=1,
+                                        allow_nan=False) + "\n")
+    return made + ["report.json"]
+

@@ -8,7 +8,10 @@ even when its mean is right. For real values r (n cubes) and generated values g 
   m = n, the mean of |sorted(g) − sorted(r)|);
 - ``ks_2samp``: the Kolmogorov–Smirnov statistic D = sup |F_g − F_r| and its p-value (exact
   lattice-path count for small sets, Kolmogorov's limit for large ones);
-- ``compare_values``: the above with means, stds, relative error, effect size and spread ratio.
+- ``compare_values``: the above with means, stds, relative error, effect size and spread ratio;
+- ``permuted_w1``, ``permuted_rms``, ``permutation_p``: the permutation test the verdicts rest
+  on (``mdiff.verdict``): a statistic of the two sets against the same statistic for random
+  re-labellings of the pooled cubes into sets of the same two sizes.
 """
 import math
 
@@ -107,3 +110,57 @@ def size_scale(m, n, a, b):
     and n: under the null, W1, D and the difference of two means all shrink as
     √(1/m + 1/n) (the empirical processes converge to a Brownian bridge at that rate)."""
     return math.sqrt((1 / m + 1 / n) / (1 / a + 1 / b))
+
+
+def membership(orders, first):
+    """(B, N) boolean: row b marks the cubes ``orders[b, :first]`` (the re-labelled first set)."""
+    orders = np.asarray(orders)
+    inside = np.zeros(orders.shape, dtype=bool)
+    inside[np.arange(len(orders))[:, None], orders[:, :first]] = True
+    return inside
+
+
+def permuted_w1(values, inside):
+    """W1 between the values marked and those not marked in each row of ``inside`` (B, N):
+    the empirical CDFs of both parts on the sorted pooled values, all rows at once."""
+    v = np.asarray(values, float)
+    order = np.argsort(v, kind="mergesort")
+    steps = np.diff(v[order])
+    marked = inside[:, order]
+    first = marked.sum(axis=1, keepdims=True)
+    fa = np.cumsum(marked, axis=1)[:, :-1] / first
+    fb = np.cumsum(~marked, axis=1)[:, :-1] / (marked.shape[1] - first)
+    return np.abs(fa - fb) @ steps
+
+
+def permuted_rms(curves, inside):
+    """RMS difference of the mean curve of the marked rows of ``curves`` (N, K) and of the
+    others, for each row of ``inside`` (B, N)."""
+    c = np.asarray(curves, float).reshape(len(curves), -1)
+    w = inside.astype(float)
+    a = (w @ c) / w.sum(axis=1, keepdims=True)
+    b = ((1 - w) @ c) / (1 - w).sum(axis=1, keepdims=True)
+    return np.sqrt(np.mean((a - b) ** 2, axis=1))
+
+
+def permutation_p(observed, null):
+    """P-value of ``observed`` among the statistics ``null`` of B random re-labellings:
+    (1 + #{null ≥ observed}) / (B + 1), which under exchangeable sets is at most α with
+    probability at most α at every set size (Phipson & Smyth 2010). Values within float
+    round-off of the observed count as equal (an identical set gets p = 1)."""
+    null = np.asarray(null, float)
+    tol = 1e-9 * max(abs(float(observed)), float(np.max(np.abs(null), initial=0.0)), 1e-300)
+    return float((1 + np.count_nonzero(null >= observed - tol)) / (len(null) + 1))
+
+
+def null_ranks(null):
+    """(F, B) statistics of F figures over the same B re-labellings → (F, B) p-values of each
+    re-labelling among all B: what a set drawn like the real cubes would get, figure by figure
+    and jointly (the figures of one re-labelling share its cubes)."""
+    null = np.asarray(null, float)
+    ranked = np.sort(null, axis=1)
+    tol = 1e-9 * np.maximum(np.abs(null).max(axis=1, keepdims=True), 1e-300)
+    below = np.stack([np.searchsorted(r, row - t, side="left")
+                      for r, row, t in zip(ranked, null, tol[:, 0])])
+    return (null.shape[1] - below) / null.shape[1]
+

@@ -6,10 +6,15 @@ Generated cubes are compared with real cubes of the same size, never with a whol
 values, not only on the mean: per phase and figure of the table (``mdiff.figures``, the rows
 that get a verdict) the effect size d of the means, the spread ratio std_gen / std_real, W1/σ
 (Wasserstein-1 between the two sets over std_real) and the Kolmogorov–Smirnov test
-(``mdiff.stats``). The verdict is calibrated on the real cubes themselves: they are split at
-random into two parts many times, and a figure is "as real" when the generated set's W1/σ
-lies within the 95th percentile of the real-vs-real W1/σ carried to the sizes compared. S2 is
-judged the same way on the normalised RMS difference of the mean curves.
+(``mdiff.stats``). The verdict is a permutation test at the compared sizes: the generated and
+real cubes are pooled and re-labelled at random into sets of the same two sizes many times,
+and a figure is "as real" unless its W1 is among the largest 5 % (``level`` 0.95) of the
+re-labellings' — so a set drawn like the real cubes is called "differs" on at most 5 % of
+figures whatever the set sizes (the earlier floor, real-vs-real splits carried to the compared
+sizes by √(1/m + 1/n), let 6–12 % through at small sets). S2 is judged the same way on the RMS
+difference of the mean curves. The same re-labellings, counted over all figures at once, give
+what a set of real cubes of that size would score: the expectation a headline count stands
+beside.
 """
 import numpy as np
 
@@ -17,7 +22,8 @@ from ._version import __version__
 from .errors import MdiffError
 from .figures import FIGURES, of_phase
 from .report import mean_abs_difference, summarise
-from .stats import compare_values, size_scale, wasserstein1
+from .stats import (compare_values, membership, null_ranks, permutation_p,
+                    permuted_rms, permuted_w1)
 
 MIN_REAL_CUBES = 8
 
@@ -50,14 +56,17 @@ def judge(real, sets, permutations=200, seed=0, level=0.95):
     ``real``: ``metrics.describe`` entries of the real cubes; ``sets``: {name: entries}. For
     every figure (φ, S_V, χ_V and, when measured, percolating fraction and D_eff/D per phase;
     TPB density; S2 per phase) the statistics of ``stats.compare_values`` and a verdict: "as
-    real" when W1/σ (S2: NRMSE of the mean curves) is within the ``level`` quantile of the
-    same figure between two random parts of the real cubes, ``permutations`` times, carried
-    to the sizes compared (``stats.size_scale``); else "differs", with how.
+    real" when the permutation p-value of W1 (S2: of the RMS difference of the mean curves)
+    over ``permutations`` random re-labellings of the pooled cubes exceeds 1 − ``level``; else
+    "differs", with how. Each verdict carries its p-value and its floor (the ``level``
+    quantile of the re-labellings' W1/σ or NRMSE).
 
     Returns a JSON-able dict: ``verdicts`` (one object per set, phase and figure), ``as_real``
-    and ``figures`` (counts over all of them), ``sets`` (per set: counts and the summary with
-    per-cube values), ``real`` (its summary) and ``s2_band`` (per phase, the spread of the
-    mean S2 curve of half the real cubes: what a real set of that size may show)."""
+    and ``figures`` (counts over all of them), ``sets`` (per set: counts, ``expected_as_real``
+    — the mean and sd of the count over the re-labellings, what real cubes would score — and
+    the summary with per-cube values), ``real`` (its summary) and ``s2_band`` (per phase, the
+    spread of the mean S2 curve of half the real cubes: what a real set of that size may
+    show)."""
     n = len(real)
     if n < MIN_REAL_CUBES:
         raise MdiffError(f"only {n} real cubes to judge against; at least {MIN_REAL_CUBES} "
@@ -65,15 +74,13 @@ def judge(real, sets, permutations=200, seed=0, level=0.95):
     if not 0.5 <= level < 1:
         raise MdiffError(f"the verdict level must lie in [0.5, 1), got {level}")
     if permutations < 20:
-        raise MdiffError(f"at least 20 permutations are needed for a floor, got {permutations}")
+        raise MdiffError(f"at least 20 permutations are needed for a verdict, got "
+                         f"{permutations}")
     rv = _per_cube(real)
-    rng = np.random.default_rng(seed)
-    perms = [rng.permutation(n) for _ in range(permutations)]
-    floors = {}
     real_summary = summarise(real)
-    result = {"mdiff_version": __version__, "permutations": permutations, "seed": seed,
-              "level": level, "real": {"count": n, "summary": real_summary}, "sets": [],
-              "verdicts": []}
+    result = {"mdiff_version": __version__, "test": "permutation", "permutations": permutations,
+              "seed": seed, "level": level, "real": {"count": n, "summary": real_summary},
+              "sets": [], "verdicts": []}
     for name, entries in sets.items():
         if not entries:
             raise MdiffError(f"{name}: no cubes to judge")
@@ -81,20 +88,21 @@ def judge(real, sets, permutations=200, seed=0, level=0.95):
         if gv["s2"].shape[1:] != rv["s2"].shape[1:]:
             raise MdiffError(f"{name}: its cubes do not match the real cubes (phases or size)")
         m = len(entries)
-        a = min(m, n // 2)
-        if a not in floors:
-            floors[a] = _floors(rv, perms, a)
-        scale = size_scale(m, n, a, n - a)
         summary = summarise(entries)
         stats = compare_sets(real_summary, summary)
-        verdicts = _verdicts(name, rv, gv, stats, floors[a], scale, level)
+        null = _null(rv, gv, permutations, seed)
+        verdicts = _verdicts(name, rv, gv, stats, null, level)
         result["verdicts"] += verdicts
         good = sum(v["verdict"] == "as real" for v in verdicts)
         result["sets"].append({"name": name, "count": m, "as_real": good,
-                               "figures": len(verdicts), "summary": summary})
+                               "figures": len(verdicts),
+                               "expected_as_real": _expected(null, verdicts, level),
+                               "summary": summary})
     result["as_real"] = sum(s["as_real"] for s in result["sets"])
     result["figures"] = sum(s["figures"] for s in result["sets"])
     half = n // 2
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(n) for _ in range(permutations)]
     bands = {}
     for i, label in enumerate(rv["labels"]):
         curves = np.array([rv["s2"][p[:half], i].mean(axis=(0, 1)) for p in perms])
@@ -128,64 +136,84 @@ def _nrmse(curve, reference, norm):
     return None if norm is None else float(np.sqrt(np.mean((curve - reference) ** 2)) / norm)
 
 
-def _floors(rv, perms, a):
-    """Real-vs-real distances for parts of a and n − a cubes, per figure, one per split:
-    W1 in units of the whole real set's std, and NRMSE of the mean S2 curves."""
-    out = {}
-    for (i, key), vals in rv["figures"].items():
-        sd = vals.std(ddof=1)
-        out[(i, key)] = np.array([wasserstein1(vals[p[:a]], vals[p[a:]]) for p in perms]) / (
-            sd if sd > 0 else 1.0)
+def _null(rv, gv, permutations, seed):
+    """Each figure's statistic over ``permutations`` random re-labellings of the generated
+    and real cubes pooled, the first m of each re-labelling standing for the generated set:
+    W1 per figure and TPB, the RMS difference of the mean S2 curves per phase. The
+    re-labellings depend on the seed and the two sizes alone, so a set's verdicts do not
+    depend on the other sets judged with it."""
+    m, n = len(gv["s2"]), len(rv["s2"])
+    rng = np.random.default_rng([seed, m, n])
+    inside = membership(np.stack([rng.permutation(m + n) for _ in range(permutations)]), m)
+    out = {key: permuted_w1(np.concatenate([gv["figures"][key], vals]), inside)
+           for key, vals in rv["figures"].items()}
     if rv["tpb"] is not None:
-        sd = rv["tpb"].std(ddof=1)
-        out["tpb"] = np.array([wasserstein1(rv["tpb"][p[:a]], rv["tpb"][p[a:]])
-                               for p in perms]) / (sd if sd > 0 else 1.0)
+        out["tpb"] = permuted_w1(np.concatenate([gv["tpb"], rv["tpb"]]), inside)
     for i in range(len(rv["labels"])):
-        norm = _s2_scale(rv, i)
-        out[("s2", i)] = np.array([
-            _nrmse(rv["s2"][p[:a], i].mean(0), rv["s2"][p[a:], i].mean(0), norm) or 0.0
-            for p in perms])
+        out[("s2", i)] = permuted_rms(np.concatenate([gv["s2"][:, i], rv["s2"][:, i]]), inside)
     return out
 
 
-def _verdicts(name, rv, gv, stats, floor, scale, level):
-    """Every figure's verdict: its statistics (``compare_sets``) against its floor."""
+def _expected(null, verdicts, level):
+    """Mean and sd, over the re-labellings, of how many figures a set drawn like the real
+    cubes gets "as real" (a figure whose real cubes never vary counts as real: such a set
+    would repeat that value)."""
+    keys = [v["null_key"] for v in verdicts]
+    varying = [k for k, v in zip(keys, verdicts) if not v.pop("constant_real")]
+    for v in verdicts:
+        del v["null_key"]
+    fixed = len(keys) - len(varying)
+    if not varying:
+        return {"mean": float(fixed), "sd": 0.0}
+    counts = (null_ranks(np.stack([null[k] for k in varying])) > 1 - level).sum(axis=0) + fixed
+    return {"mean": float(counts.mean()), "sd": float(counts.std(ddof=1))}
+
+
+def _verdicts(name, rv, gv, stats, null, level):
+    """Every figure's verdict: its statistics (``compare_sets``) against its re-labellings."""
     out = []
     for i, label in enumerate(rv["labels"]):
         for key in rv["keys"]:
             stat = stats["phases"][i][key]
-            out.append(_verdict(name, label, key, stat, floor[(i, key)] * scale, level))
+            out.append(_verdict(name, label, key, stat, null[(i, key)], level, (i, key)))
         norm = _s2_scale(rv, i)
         r_curve, g_curve = rv["s2"][:, i].mean(0), gv["s2"][:, i].mean(0)
-        nrmse = _nrmse(g_curve, r_curve, norm)
-        f95 = float(np.quantile(floor[("s2", i)] * scale, level))
-        good = nrmse is None or nrmse <= f95
+        rms = float(np.sqrt(np.mean((g_curve - r_curve) ** 2)))
+        p = permutation_p(rms, null[("s2", i)])
+        f95 = float(np.quantile(null[("s2", i)], level)) / (norm or 1.0)
+        good = norm is None or p > 1 - level
         out.append({"set": name, "phase": label, "figure": "s2", "d": None,
                     "spread_ratio": None, "w1_over_sd": None, "ks": None, "ks_p": None,
-                    "floor_w1_95": None, "nrmse": nrmse, "floor_nrmse_95": f95,
+                    "floor_w1_95": None, "nrmse": _nrmse(g_curve, r_curve, norm),
+                    "floor_nrmse_95": f95, "p": p,
                     "mean_abs_difference": {a: mean_abs_difference(r_curve[k], g_curve[k])
                                             for k, a in enumerate("zyx")},
                     "verdict": "as real" if good else "differs",
-                    "why": ("" if nrmse is None else
-                            f"NRMSE {nrmse:.3f} (real parts up to {f95:.3f})")})
+                    "why": ("" if norm is None else
+                            f"NRMSE {rms / norm:.3f} (re-labellings up to {f95:.3f}, "
+                            f"p = {p:.3f})"),
+                    "null_key": ("s2", i), "constant_real": norm is None})
     if rv["tpb"] is not None:
-        out.append(_verdict(name, "all", "tpb_density", stats["tpb_density"],
-                            floor["tpb"] * scale, level))
+        out.append(_verdict(name, "all", "tpb_density", stats["tpb_density"], null["tpb"],
+                            level, "tpb"))
     return out
 
 
-def _verdict(name, label, key, stat, floor, level):
-    f95 = float(np.quantile(floor, level))
-    if stat["reference_std"] == 0:  # every real cube alike: only an identical set is as real
+def _verdict(name, label, key, stat, null, level, null_key):
+    sd = stat["reference_std"]
+    f95 = float(np.quantile(null, level)) / (sd if sd > 0 else 1.0)
+    p = permutation_p(stat["w1"], null)
+    if sd == 0:  # every real cube alike: only an identical set is as real
         good = stat["w1"] == 0
     else:
-        good = stat["w1_over_sd"] <= f95
+        good = p > 1 - level
     return {"set": name, "phase": label, "figure": key, "d": stat["effect_size"],
             "spread_ratio": stat["spread_ratio"], "w1_over_sd": stat["w1_over_sd"],
-            "ks": stat["ks"], "ks_p": stat["ks_p"], "floor_w1_95": f95,
+            "ks": stat["ks"], "ks_p": stat["ks_p"], "floor_w1_95": f95, "p": p,
             "reference_mean": stat["reference_mean"], "reference_std": stat["reference_std"],
             "mean": stat["mean"], "std": stat["std"], "relative_error": stat["relative_error"],
-            "verdict": "as real" if good else "differs", "why": _how(stat)}
+            "verdict": "as real" if good else "differs", "why": _how(stat),
+            "null_key": null_key, "constant_real": sd == 0}
 
 
 def _how(stat):
@@ -204,10 +232,20 @@ def _how(stat):
 
 
 def verdict_line(result):
-    """The one line that leads every report: how many figures are as real, per set."""
-    counts = ", ".join(f"{s['name']} {s['as_real']} of {s['figures']}" for s in result["sets"])
-    return (f"as real: {counts} figures (W1/sd within the {100 * result['level']:.0f}th "
-            f"percentile of {result['permutations']} real-vs-real splits of "
-            f"{result['real']['count']} real cubes)")
+    """The one line that leads every report: how many figures are as real, per set, beside
+    what a set of real cubes of its size scores."""
+    counts = ", ".join(f"{s['name']} {s['as_real']} of {s['figures']}" + _beside(s)
+                       for s in result["sets"])
+    how = (f"permutation test at the {100 * (1 - result['level']):.0f} % level, "
+           f"{result['permutations']} re-labellings of each set pooled with the "
+           f"{result['real']['count']} real cubes"
+           if result.get("test") == "permutation" else
+           f"W1/sd within the {100 * result['level']:.0f}th percentile of "
+           f"{result['permutations']} real-vs-real splits of {result['real']['count']} "
+           "real cubes")
+    return f"as real: {counts} figures ({how})"
 
 
+def _beside(s):
+    e = s.get("expected_as_real")
+    return "" if e is None else f" (real cubes: {e['mean']:.1f} ± {e['sd']:.1f})"

@@ -114,6 +114,46 @@ def test_a_sample_set_killed_while_written_is_the_old_set_or_the_new(volume, tmp
         assert volumes(final) == volumes(new) and "samples.json" in final
 
 
+def test_a_report_killed_while_written_is_never_a_mix(volume, tmp_path):
+    # mdiff-evaluate --out over an earlier report, killed at random moments (most in its
+    # last part, where it writes): a report.json always names, by SHA-256, exactly the files
+    # beside it; without one, the next run leaves a complete report
+    import hashlib
+
+    from mdiff.evaluate_report import REPORT_FILES
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i in range(3):
+        write_volume(gen / f"sample_{i:03d}.tif",
+                     synth.generate((12, 12, 12), (0.6, 0.4), (0, 255), 2.0, 10 + i))
+    out = tmp_path / "report"
+    args = ["mdiff-evaluate", str(volume), str(gen), "--out", str(out), "--permutations", "20"]
+    subprocess.run(args + ["--seed", "1"], check=True, env=_env(), capture_output=True)
+    started = time.perf_counter()
+    subprocess.run(args + ["--seed", "2"], check=True, env=_env(), capture_output=True)
+    duration = time.perf_counter() - started
+
+    def consistent():
+        files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        if "report.json" not in files:
+            return False
+        named = json.loads(files.pop("report.json"))["files"]
+        assert set(files) <= set(REPORT_FILES) and set(named) == set(files), sorted(files)
+        for name, data in files.items():
+            assert hashlib.sha256(data).hexdigest() == named[name], name
+        return True
+
+    assert consistent()
+    rng = np.random.default_rng(30)
+    for k in range(KILLS):
+        _kill_after(args + ["--seed", str(3 + k)], float(rng.uniform(0.5, 1.0)) * duration,
+                    tmp_path)
+        consistent()  # a report.json, where there is one, belongs to the files beside it
+        subprocess.run(args + ["--seed", "9"], check=True, env=_env(), capture_output=True)
+        assert consistent() and not (out / ".partial").exists()
+
+
 def test_a_distillation_killed_at_any_moment_goes_on_to_the_uninterrupted_student(tmp_path):
     """Killed while the teacher solves (its solutions so far kept) or while the student
     learns (its last save kept): the same command, or --resume, ends where an uninterrupted
