@@ -120,3 +120,66 @@ def test_the_same_seed_gives_the_same_volumes_on_one_and_two_threads(ckpt, tmp_p
         torch.set_num_threads(before)
     for a, b in zip(sets[1], sets[2]):
         np.testing.assert_array_equal(a, b)
+
+
+def _full_disk_after(count, real, path_arg=0):
+    """``real`` (a writer) on a disk that fills up: ``count`` writes go through, then each
+    writes a few bytes of its file and raises ENOSPC, as a full file system does part-way."""
+    import errno
+
+    calls = [0]
+
+    def write(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] <= count:
+            return real(*args, **kwargs)
+        path = args[path_arg]
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return write
+
+
+def test_a_full_disk_while_sampling_is_one_line_and_keeps_the_old_set(ckpt, tmp_path, capsys):
+    from mdiff import sampleset
+
+    out = tmp_path / "set"
+    assert sample_main([str(ckpt), str(out), "-n", "3", "--steps", "2", "--seed", "1"]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sampleset, "write_volume", _full_disk_after(1, sampleset.write_volume))
+    try:
+        assert sample_main([str(ckpt), str(out), "-n", "3", "--steps", "2", "--seed", "2",
+                            "--overwrite"]) == 2
+    finally:
+        mp.undo()
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("mdiff-sample: error: ")
+    assert "No space left on device" in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # nothing else left there
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_one(tmp_path, capsys):
+    from mdiff import checkpoint as ck
+    from mdiff.cli import train_main
+
+    volume = tmp_path / "v.tif"
+    write_volume(volume, synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, 1))
+    out = tmp_path / "run"
+    args = [str(volume), "--preset", "tiny", "--steps", "2", "--out", str(out), "--threads",
+            "1"]
+    assert train_main(args) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ck.torch, "save", _full_disk_after(0, torch.save, path_arg=1))
+    try:
+        assert train_main(args[:3] + ["--steps", "4", "--out", str(out), "--resume", "--threads",
+                                      "1"]) == 2
+    finally:
+        mp.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mdiff-train: error: ") and "No space left" in err[-1]
+    assert (out / "checkpoint.pt").read_bytes() == before  # the last save, whole
+    assert not [p for p in out.iterdir() if ".tmp." in p.name]  # no half-written file left
+    assert ck.load(out / "checkpoint.pt")["step"] == 2
