@@ -13,7 +13,12 @@ Two ways of drawing two sets of real cubes, each repeated with --reps seeds:
   repetitions of one volume shift the grids but compare the same two slabs, so they are not
   independent; ``--synth LENGTH`` instead makes a new ``mdiff-synth`` realisation (the volume's
   shape, fractions and labels, correlation length LENGTH) for every repetition, a stationary
-  material whose slabs differ only by chance.
+  material whose slabs differ only by chance. With ``--synth`` a third way, ``independent``:
+  the real set from one realisation, the "generated" one from another (what a perfect
+  generator gives: its cubes are independent of the real volume).
+
+Each rate comes with its standard error over the repetitions (the figures of one judgement
+are correlated, so the binomial error of the judgements alone would understate it).
 
     python benchmarks/evaluate_calibration.py ../shared/data/nmc_3phase_256.tif --size 32
 
@@ -67,7 +72,7 @@ def main(argv=None):
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if args.synth:
         fractions = [float(np.mean(volume == v)) for v in pm.labels]
-        name += f"_synth{args.synth:g}"
+        name += "" if args.name else f"_synth{args.synth:g}"
     cubes = evaluate.grid_cubes(volume, args.size)
     if len(cubes) < args.real + args.generated:
         sys.exit(f"{len(cubes)} cubes of {args.size}^3 in the volume; --real + --generated "
@@ -75,6 +80,8 @@ def main(argv=None):
     entries = evaluate.describe_cubes(cubes, pm, s2_max, args.transport,
                                       evaluate.Progress("all cubes", say))
     modes = {"mixed": [], "slabs": []}
+    if args.synth:
+        modes["independent"] = []
     half = volume.shape[0] // 2
     for rep in range(args.reps):
         rng = np.random.default_rng(1000 + rep)
@@ -87,6 +94,15 @@ def main(argv=None):
         other = [entries[i] for i in order[args.real:args.real + args.generated]]
         modes["mixed"].append(evaluate.judge(real, {"other": other}, args.permutations,
                                              seed=rep))
+        if args.synth:
+            twin = synth.generate(volume.shape, fractions, pm.labels, args.synth,
+                                  seed=100_000 + rep)
+            twin_cubes = evaluate.grid_cubes(twin, args.size)
+            pick = rng.permutation(len(twin_cubes))[:args.generated]
+            modes["independent"].append(evaluate.judge(
+                real, {"other": evaluate.describe_cubes([twin_cubes[i] for i in pick], pm,
+                                                        s2_max, args.transport)},
+                args.permutations, seed=rep))
         lower = shifted_cubes(volume, args.size, (0, half), rng)
         upper = shifted_cubes(volume, args.size, (half, volume.shape[0]), rng)
         modes["slabs"].append(evaluate.judge(
@@ -101,8 +117,15 @@ def main(argv=None):
         figures = sum(r["figures"] for r in results)
         differs = Counter(f"{v['phase']} {v['figure']}" for r in results
                           for v in r["verdicts"] if v["verdict"] == "differs")
+        per_rep = np.array([sum(v["verdict"] == "differs" for v in r["verdicts"])
+                            / r["figures"] for r in results])
+        expected = [r["sets"][0].get("expected_as_real") for r in results]
         summary[mode] = {"judgements": figures, "differs": sum(differs.values()),
                          "differs_fraction": sum(differs.values()) / figures,
+                         "standard_error": float(per_rep.std(ddof=1) / np.sqrt(len(per_rep))),
+                         "expected_as_real": None if expected[0] is None else
+                         float(np.mean([e["mean"] for e in expected])),
+                         "figures_per_judgement": results[0]["figures"],
                          "by_figure": dict(differs.most_common()),
                          "sets": [results[0]["real"]["count"], results[0]["sets"][0]["count"]]}
     info = {"command": "python benchmarks/evaluate_calibration.py "
@@ -110,17 +133,18 @@ def main(argv=None):
             "volume": str(args.volume), "shape": list(volume.shape), "cube": args.size,
             "synth_length": args.synth,
             "reps": args.reps, "permutations": args.permutations,
+            "test": modes["mixed"][0].get("test", "split floor"),
             "seconds": time.perf_counter() - t0, "summary": summary}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"evaluate_calibration_{name}.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"{Path(args.volume).name}, {args.size}^3 cubes, {args.reps} repetitions, "
-          f"{args.permutations} splits each")
+          f"{args.permutations} re-labellings each")
     for mode, s in summary.items():
         worst = ", ".join(f"{k} {v}" for k, v in list(s["by_figure"].items())[:4]) or "none"
-        print(f"  {mode:<6} ({s['sets'][0]} vs {s['sets'][1]} cubes): {s['differs']} of "
-              f"{s['judgements']} judgements 'differs' ({100 * s['differs_fraction']:.1f} %); "
-              f"most often: {worst}")
+        print(f"  {mode:<11} ({s['sets'][0]} vs {s['sets'][1]} cubes): {s['differs']} of "
+              f"{s['judgements']} judgements 'differs' ({100 * s['differs_fraction']:.1f} "
+              f"± {100 * s['standard_error']:.1f} %); most often: {worst}")
 
 
 if __name__ == "__main__":
