@@ -233,6 +233,10 @@ def _commit(out, staging, result, text, plot):
     made = [name for name in REPORT_FILES if (staging / name).is_file()]
     digests = {name: hashlib.sha256((staging / name).read_bytes()).hexdigest()
                for name in made}
+    from .io import atomic_path, flush_to_disk
+
+    for name in made:
+        flush_to_disk(staging / name)
     manifest = out / "report.json"
     if manifest.exists():
         manifest.unlink()
@@ -241,7 +245,6 @@ def _commit(out, staging, result, text, plot):
             os.replace(staging / name, out / name)
         elif (out / name).is_file():
             (out / name).unlink()
-    from .io import atomic_path
 
     with atomic_path(manifest) as tmp:
         Path(tmp).write_text(json.dumps({**result, "files": digests}, indent=1,

@@ -7,6 +7,7 @@ Volumes are (z, y, x) integer arrays of phase labels. A voxel size, when the TIF
 written back. Writing is atomic: a temporary file beside the target, then a rename.
 """
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -330,21 +331,45 @@ def write_volume(path, volume, voxel_size=None, unit=None):
 def atomic_path(path):
     """A temporary path beside ``path``, renamed onto it when the block ends without error and
     removed otherwise, so ``path`` is never half-written. The file gets the permissions a plain
-    ``open`` would give (mkstemp's are private to the user)."""
+    ``open`` would give (mkstemp's are private to the user). Its bytes reach the disk before
+    the rename and the rename before this returns (fsync of the file, then of the folder), so
+    a power cut leaves the old file or the new one, not a named empty one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", suffix=path.suffix,
-                               dir=path.parent or ".")
+    folder = path.parent or Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", suffix=path.suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
+        flush_to_disk(tmp)
         os.replace(tmp, path)
+        flush_to_disk(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def flush_to_disk(path):
+    """fsync a file, or a folder (which makes the renames in it last). An error flushing a
+    file's data is raised (the data did not reach the disk); a folder that cannot be flushed
+    (some network and FUSE mounts refuse) is left to its filesystem's own guarantees."""
+    folder = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not folder and exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _write_tiff(tmp, volume, voxel_size, unit):

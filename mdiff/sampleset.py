@@ -17,7 +17,7 @@ from pathlib import Path
 from . import distributed
 from ._version import __version__
 from .errors import MdiffError
-from .io import atomic_path, write_volume
+from .io import atomic_path, flush_to_disk, write_volume
 from .request import SampleRequest
 from .runtime import busy_warning, resolve_device
 
@@ -121,8 +121,11 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     for old in sample_set(out_dir):
         old.unlink()
     for path in sorted(partial.iterdir(), key=lambda p: p.name == "samples.json"):
+        if path.name == "samples.json":
+            flush_to_disk(out_dir)  # the volumes' renames last before the file that names them
         os.replace(path, out_dir / path.name)
     partial.rmdir()
+    flush_to_disk(out_dir)
     log(f"mdiff-sample: wrote {n} volume(s) to {out_dir} in {info['seconds']:.1f} s")
     return paths
 

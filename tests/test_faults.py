@@ -1,4 +1,5 @@
-"""Files that were damaged, and folders that hold what mdiff did not write."""
+"""Files that were damaged, folders that hold what mdiff did not write, and a disk that
+fills or must be flushed."""
 import struct
 import zipfile
 from pathlib import Path
@@ -183,3 +184,40 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_one(tmp_path, caps
     assert (out / "checkpoint.pt").read_bytes() == before  # the last save, whole
     assert not [p for p in out.iterdir() if ".tmp." in p.name]  # no half-written file left
     assert ck.load(out / "checkpoint.pt")["step"] == 2
+
+
+def test_a_write_reaches_the_disk_before_its_rename_and_a_failed_flush_keeps_the_old_file(
+        tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from mdiff import io
+
+    target = tmp_path / "v.tif"
+    write_volume(target, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 1.5, 1))
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(io.os, "replace", replace)
+    write_volume(target, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 1.5, 2))
+    tmp = events[1][1]
+    assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+
+    def full(fd):  # a disk that fills while the data is flushed (delayed allocation, NFS)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_volume(target, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 1.5, 1))
+    old = target.read_bytes()
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_volume(target, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 1.5, 3))
+    assert target.read_bytes() == old and sorted(tmp_path.iterdir()) == [target]
