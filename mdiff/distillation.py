@@ -404,7 +404,7 @@ def distill(teacher_path, out="runs/fast", config=None, data=(), resume=False,
         if step >= cfg.iterations:
             log(f"mdiff-distill: {out / CHECKPOINT} is already at step {step}; raise "
                 "--iterations to go on")
-    _truncate_log(out / "distill.jsonl", step)  # lines a stopped run wrote after its last save
+    _truncate_log(out / "distill.jsonl", step, log)  # lines written after the last save
     log(f"mdiff-distill: {cfg.method} distillation of {teacher_path} (step {gen.step}) into "
         f"{cfg.steps} call(s) a volume, guidance {cfg.guidance:g} in the weights; "
         f"{gen.device}, {cfg.precision}; steps {step} -> {cfg.iterations}; run dir {out}")

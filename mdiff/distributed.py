@@ -84,6 +84,11 @@ def cleanup():
         dist.destroy_process_group()
 
 
+class ProcessDied(MdiffError):
+    """One of ``launch``'s processes ended without an MdiffError of its own (killed, out of
+    memory, a crash); the launcher has stopped the others."""
+
+
 def launch(procs, entry, *args):
     """Run ``entry(*args)`` in ``procs`` local processes with torch's elastic launcher (what
     torchrun --standalone does): if one process fails, the launcher ends the others. Returns
@@ -112,8 +117,8 @@ def launch(procs, entry, *args):
             if said:
                 raise MdiffError(" / ".join(said)) from None
             first = min(exc.failures.values(), key=lambda f: f.local_rank)
-            raise MdiffError(f"process {first.local_rank} of {procs} failed (exit code "
-                             f"{first.exitcode}); the others were stopped") from None
+            raise ProcessDied(f"process {first.local_rank} of {procs} failed (exit code "
+                              f"{first.exitcode}); the others were stopped") from None
 
 
 def _guarded(errors, entry, *args):
@@ -134,7 +139,9 @@ def _quiet_launcher():
     import logging
 
     import torch.distributed.elastic  # noqa: F401  (creates the loggers)
+    import torch.multiprocessing.spawn  # noqa: F401  ("Terminating process ... via SIGTERM")
 
     for name in list(logging.Logger.manager.loggerDict):
-        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher",
+                            "torch.multiprocessing")):
             logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -15,12 +15,31 @@ COLUMNS = ("step", "loss", "lr", "steps_per_s", "processes")
 
 
 def read_log(path):
-    """The rows of a ``loss.jsonl`` as dicts, in step order (empty when there is none)."""
+    """The rows of a ``loss.jsonl`` as dicts, in step order (empty when there is none); lines
+    that are not a row (one cut short by a kill, or damaged) are left out: see ``parse_log``."""
     path = Path(path)
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(rows, key=lambda r: r["step"])
+    return sorted(parse_log(path.read_text(errors="replace"))[0], key=lambda r: r["step"])
+
+
+def parse_log(text):
+    """(rows, unreadable): each line that is a JSON object with an integer ``step``, in file
+    order, and the count of non-blank lines that are not. The log is a record beside the
+    checkpoint, which holds the state: a damaged line costs that line, never the run."""
+    rows, unreadable = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            unreadable += 1
+    return rows, unreadable
 
 
 def write_curve(loss_log, title=None):

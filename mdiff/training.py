@@ -27,7 +27,7 @@ from .config import OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, ov
 from .data import PLANES, CubeDataset, ImageDataset, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import check_image, check_volume, read_labels
+from .io import atomic_path, check_image, check_volume, read_labels
 from .phases import PhaseMap, check_labels, label_counts
 from .runtime import PRECISIONS, autocast, busy_warning, resolve_device  # noqa: F401
 from .unet import UNet
@@ -247,7 +247,10 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
                       resume=resume, unet=unet, diffusion=diffusion, train=train,
                       log=_stderr if log is _stderr else None, overwrite=overwrite,
                       planes=planes)
-        return Path(distributed.launch(int(procs), _worker, kwargs))
+        try:
+            return Path(distributed.launch(int(procs), _worker, kwargs))
+        except distributed.ProcessDied as exc:  # say what is saved and how to go on
+            raise MdiffError(f"{exc}{_saved_hint(out)}") from None
     log = (log or (lambda text: None)) if distributed.context().main else (lambda text: None)
     run = prepare(data, phases, example, preset, out, resume, unet, diffusion, train, planes,
                   log)
@@ -424,11 +427,12 @@ def _loop(run, trainer, ctx, log):
     loss_log = out / "loss.jsonl"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**static, "preset": run.preset},
-                                                    indent=2) + "\n")
-        _truncate_log(loss_log, trainer.step)
-        for stale in out.glob(f".{CHECKPOINT}.tmp.*"):  # a save killed half-way
-            stale.unlink()
+        with atomic_path(out / "config.json") as tmp:
+            Path(tmp).write_text(json.dumps({**static, "preset": run.preset}, indent=2) + "\n")
+        _truncate_log(loss_log, trainer.step, log)
+        for name in RUN_FILES:  # a write killed half-way leaves its temporary file
+            for stale in out.glob(f".{name}.tmp.*"):
+                stale.unlink()
     saved = [None if run.resumed is None else run.resumed.step]  # the step the file holds
 
     def save(loss):
@@ -577,13 +581,30 @@ def _write_curve(loss_log, log):
         log(f"mdiff-train: loss.png/loss.csv not written ({why}); training goes on")
 
 
-def _truncate_log(path, step):
-    """Drop loss-log lines past ``step`` (left by a run that stopped after its checkpoint)."""
+def _saved_hint(out):
+    """What a stopped multi-process run leaves: its checkpoint's step and how to go on."""
+    try:
+        step = int(checkpoint.load(Path(out) / CHECKPOINT)["step"])
+    except (MdiffError, OSError, KeyError):
+        return ""
+    return (f"; {Path(out) / CHECKPOINT} holds step {step}: go on with mdiff-train --resume "
+            f"--out {out}")
+
+
+def _truncate_log(path, step, log):
+    """Drop loss-log lines past ``step`` (left by a run that stopped after its checkpoint) and
+    lines that are not rows (one cut short by a kill), saying how many; rewritten whole
+    through a temporary file, so a kill here leaves the old log or the new one."""
+    from .losscurve import parse_log
+
     if not path.exists():
         return
     if step == 0:
         path.unlink()
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    rows, unreadable = parse_log(path.read_text(errors="replace"))
+    if unreadable:
+        log(f"{path}: {unreadable} unreadable line(s) dropped (a run killed while "
+            "it wrote, or a damaged file); the checkpoint is what resumes")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))

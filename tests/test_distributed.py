@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mdiff
-from mdiff import distributed
+from mdiff import checkpoint, distributed
 from mdiff.cli import train_main
 from mdiff.errors import MdiffError
 
@@ -67,6 +67,69 @@ def test_an_error_on_one_process_ends_the_others_with_its_message():
     with pytest.raises(MdiffError, match="^rank 1 cannot go on$"):
         distributed.launch(2, _fail_on_rank_1)
     assert time.perf_counter() - start < 120
+
+
+def _workers(pid):
+    """The worker processes the launcher ``pid`` spawned (not its resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_rank_killed_mid_run_stops_the_others_with_one_line_and_a_whole_checkpoint(
+        tmp_path, victim):
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        ["mdiff-train", "--example", "--preset", "tiny", "--steps", "100000", "--batch-size",
+         "4", "--save-every", "3", "--log-every", "3", "--procs", "2", "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists() or len(_workers(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        time.sleep(0.5 * victim)  # the first kill lands near a save, the second between
+        os.kill(_workers(proc.pid)[victim], signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert time.monotonic() - killed < 60  # the other rank did not wait for a timeout
+    assert proc.returncode == 2
+    said = [line for line in err.strip().splitlines() if not line.startswith(("step ",
+                                                                               "mdiff-train: "))]
+    assert said == [], said  # no launcher or torch log lines
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mdiff-train: error: process ") and "(exit code -9)" in last
+    assert f"holds step {checkpoint.load(out / 'checkpoint.pt')['step']}: go on with " \
+           f"mdiff-train --resume --out {out}" in last
+    assert not any(w for w in _workers(proc.pid))  # no worker left behind
+    state = checkpoint.load(out / "checkpoint.pt")  # whole, or this raises
+    step = int(state["step"])
+    straight = mdiff.train(example=True, preset="tiny", out=tmp_path / "straight",
+                           train={"steps": step + 3, "batch_size": 4, "save_every": 3,
+                                  "log_every": 3}, procs=2)
+    resumed = mdiff.train(preset="tiny", out=out, resume=True, train={"steps": step + 3},
+                          procs=2)
+    _, want = _weights(straight)
+    _, got = _weights(resumed)
+    assert all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_cli_procs_errors_are_one_line(capsys):

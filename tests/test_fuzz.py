@@ -1,11 +1,15 @@
-"""Fuzzed files: valid TIFF, .npy, .vti and checkpoint files with bytes flipped, cut short and
-header words set to absurd sizes. Reading each must give a 3D label volume (or a checkpoint)
+"""Fuzzed files: valid TIFF, .npy, .vti, slice-folder and checkpoint files with bytes flipped,
+cut short and header words set to absurd sizes; damaged loss logs and samples.json, which
+mdiff writes and reads back. Reading each must give a 3D label volume (or a checkpoint)
 or one MdiffError, quickly, and never another exception: a damaged file is the user's problem
 to be told about, not a traceback (issue 28). Seeded; a few hundred cases in seconds."""
+import json
+import resource
 import time
 
 import numpy as np
 import pytest
+import tifffile
 
 import mdiff
 from mdiff import checkpoint, synth
@@ -49,6 +53,7 @@ def test_damaged_volume_files_read_or_give_one_mdiff_error(tmp_path, suffix):
     write_volume(good, synth.generate((12, 10, 9), (0.5, 0.3, 0.2), (0, 127, 255), 1.5, 2),
                  voxel_size=0.5, unit="um")
     outcomes = {"read": 0, "refused": 0}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     for i, (kind, data) in enumerate(_mutants(good.read_bytes(), rng, CASES)):
         path = tmp_path / f"m{i}{suffix}"
         path.write_bytes(data)
@@ -64,6 +69,8 @@ def test_damaged_volume_files_read_or_give_one_mdiff_error(tmp_path, suffix):
         assert time.perf_counter() - started < 5, (i, kind)
         path.unlink()
     assert outcomes["refused"] > CASES // 4  # the mutations do damage
+    # a header that claims a huge volume never gets the memory it claims
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 256 * 1024
 
 
 def test_damaged_checkpoints_load_or_give_one_mdiff_error(tmp_path):
@@ -101,3 +108,76 @@ def test_the_cli_answers_damaged_files_with_one_line_and_exit_2(tmp_path, capsys
             assert err.count("\n") == 1 and str(path) in err, (i, kind, err)
         path.unlink()
     assert set(tmp_path.iterdir()) == before  # nothing written beside the files
+
+
+def test_damaged_slice_folders_read_or_give_one_mdiff_error(tmp_path):
+    rng = np.random.default_rng(31)
+    volume = synth.generate((6, 10, 9), (0.5, 0.5), (0, 255), 1.5, 3)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z, image in enumerate(volume):
+        tifffile.imwrite(folder / f"slice_{z}.tif", image)
+    good = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert np.array_equal(read_volume(folder), volume)
+    refused = 0
+    for i in range(60):
+        name = f"slice_{int(rng.integers(0, len(volume)))}.tif"
+        kind, data = next(_mutants(good[name], rng, int(rng.integers(1, 4))))
+        (folder / name).write_bytes(data)
+        started = time.perf_counter()
+        try:
+            _read_as_volume(folder)
+        except MdiffError as exc:
+            assert str(exc).strip() and "\n" not in str(exc).strip(), (i, kind, str(exc))
+            refused += 1
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"case {i} (mutation {kind}) of {name}: {type(exc).__name__}: {exc}")
+        assert time.perf_counter() - started < 5, (i, kind)
+        (folder / name).write_bytes(good[name])
+    assert refused > 10
+
+
+def test_a_damaged_loss_log_costs_its_lines_never_the_resume(tmp_path, capsys):
+    from mdiff.cli import train_main
+
+    out = tmp_path / "run"
+    args = ["--example", "--preset", "tiny", "--steps", "10", "--save-every", "5",
+            "--out", str(out), "--threads", "1"]
+    assert train_main(args) == 0
+    log = out / "loss.jsonl"
+    lines = log.read_text().splitlines()
+    # a line cut short by a kill, a line of garbage, a row with no step, a stray byte
+    log.write_text("\n".join([lines[0][:7], *lines[1:], "\x00\xff garbage", '{"loss": 1}'])
+                   + "\n")
+    capsys.readouterr()
+    assert train_main(["--resume", "--out", str(out), "--steps", "15", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "3 unreadable line(s) dropped" in err and "Traceback" not in err
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 15
+    assert not list(out.glob(".*.tmp.*"))
+
+
+def test_a_damaged_samples_json_is_never_read_as_an_instruction(tmp_path, capsys):
+    from mdiff.cli import evaluate_main, sample_main
+
+    rng = np.random.default_rng(32)
+    real = tmp_path / "real.tif"
+    write_volume(real, synth.generate((32, 32, 32), (0.6, 0.4), (0, 255), 2.0, 4))
+    sets = tmp_path / "gen"
+    sets.mkdir()
+    for k in range(2):
+        write_volume(sets / f"sample_{k:03d}.tif",
+                     synth.generate((16, 16, 16), (0.6, 0.4), (0, 255), 2.0, 5 + k))
+    good = json.dumps({"model": {"kind": "ddpm"}, "files": ["sample_000.tif"]}).encode()
+    for i, (kind, data) in enumerate(_mutants(good, rng, 12)):
+        (sets / "samples.json").write_bytes(data)
+        assert evaluate_main([str(real), str(sets), "--size", "16", "--json",
+                              "--permutations", "20"]) == 0, (i, kind)
+        assert json.loads(capsys.readouterr().out)["sets"][0]["count"] == 2
+    ckpt = mdiff.train([real], preset="tiny", out=tmp_path / "run", train={"steps": 2},
+                       log=None)
+    assert sample_main([str(ckpt), str(sets), "-n", "1", "--steps", "2", "--overwrite",
+                        "--threads", "1"]) == 0
+    assert sorted(p.name for p in sets.iterdir()) == ["sample_000.tif", "samples.json"]
+    assert json.loads((sets / "samples.json").read_text())["count"] == 1
