@@ -177,6 +177,56 @@ def test_analytic_shapes():
         assert got[axis]["tortuosity_factor"] == math.inf and not got[axis]["percolates"]
 
 
+def test_dead_ends_carry_no_flux_and_count_in_the_fraction_as_taufactor_does():
+    # a straight channel along z with a dead-end branch off it (touching the inlet face only
+    # through the channel) and a blind pore from the inlet that stops half-way
+    channel = np.zeros((12, 7, 7), np.uint8)
+    channel[:, 3, 3] = 1
+    with_ends = channel.copy()
+    with_ends[5, 3, 4:7] = 1  # a branch to the side wall: a dead end
+    with_ends[:6, 1, 1] = 1  # a blind pore from the inlet
+    d_channel = transport.tortuosity(channel, "z")[1]
+    tau, d_eff = transport.tortuosity(with_ends, "z")
+    assert d_eff == pytest.approx(d_channel, rel=1e-5)  # dead ends carry nothing
+    # tau = phi / D_eff with phi the whole phase, dead ends included (TauFactor's Solver)
+    assert tau == pytest.approx(with_ends.mean() / d_channel, rel=1e-5) and tau > 1
+    got = transport.transport(with_ends)[1]["z"]
+    assert got["percolating_fraction"] == pytest.approx(15 / 21)  # channel and its branch
+    assert got["isolated_fraction"] == 0  # the blind pore touches the inlet face
+
+
+def test_a_phase_touching_one_face_never_gets_a_finite_tortuosity():
+    blind = np.zeros((10, 6, 6), np.uint8)
+    blind[:9, 2:4, 2:4] = 1  # from the inlet to one voxel short of the outlet
+    got = transport.transport(blind)[1]["z"]
+    assert got["tortuosity_factor"] == math.inf and got["effective_diffusivity"] == 0
+    assert got["percolating_fraction"] == 0 and not got["percolates"]
+    assert transport.tortuosity(blind[::-1], "z") == (math.inf, 0.0)  # from the outlet side
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 5), (3, 40, 41), (2, 2, 90)])
+def test_non_cubic_and_thin_slabs_converge_to_the_direct_solve(shape):
+    rng = np.random.default_rng(sum(shape))
+    volume = (rng.random(shape) < 0.7).astype(np.uint8)
+    pm = PhaseMap([0, 1])
+    faces = transport.cluster_faces(volume, pm, 1)
+    for axis, k in zip("zyx", range(3)):
+        lo, hi = transport.FACES[axis]
+        active = np.moveaxis((faces & (lo | hi)) == (lo | hi), k, 0)
+        got = transport.transport(volume, pm, axes=axis, tol=1e-4)[1][axis]
+        assert got["converged"], (shape, axis, got)
+        want = _reference_deff(active) if active.any() else 0.0
+        assert got["effective_diffusivity"] == pytest.approx(want, rel=3e-4, abs=1e-7)
+
+
+def test_the_iteration_cap_says_not_converged():
+    volume = synth.generate((40, 40, 40), (0.5, 0.5), (0, 1), 2.0, 3)
+    got = transport.transport(volume, axes="z", max_iter=3)[1]["z"]
+    assert not got["converged"] and got["iterations"] == 3 and got["flux_spread"] > 1e-3
+    full = transport.transport(volume, axes="z")[1]["z"]
+    assert full["converged"] and full["flux_spread"] <= 1e-3
+
+
 def test_absent_phase_and_thin_volume_give_notes_not_errors():
     volume = np.zeros((1, 6, 7), np.uint8)
     volume[:, :, 3:] = 255
