@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def _file_shape(path):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            with _tifffile_says(), tifffile.TiffFile(path) as tif:  # read_volume notes it
                 return tif.series[0].shape
         if suffix == ".vti":
             from .vti import read_vti
@@ -242,12 +243,40 @@ def _read_tiff(path):
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_says() as said, tifffile.TiffFile(path) as tif:
             volume = tif.asarray()
             meta = _tiff_voxel_size(tif)
     except Exception as exc:  # tifffile raises several types for corrupt or foreign files
         raise MdiffError(f"{path}: not a readable TIFF image ({_first_line(exc)})") from None
+    if said:
+        more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
+        print(f"mdiff: note: {path}: tifffile found {_first_line(said[0])}{more}; the file "
+              "may be damaged: check its voxels", file=sys.stderr)
     return volume, meta
+
+
+@contextlib.contextmanager
+def _tifffile_says():
+    """What tifffile logs about a file it reads (a bad tag, a page offset past the end),
+    collected instead of reaching the user's stderr as stray lines: a damaged file gets one
+    MdiffError, or one note when it still reads."""
+    import logging
+
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    keep, propagate = Keep(), logger.propagate
+    logger.addHandler(keep)
+    logger.propagate = False
+    try:
+        yield said
+    finally:
+        logger.removeHandler(keep)
+        logger.propagate = propagate
 
 
 def _tiff_voxel_size(tif):
