@@ -93,10 +93,13 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     if busy:
         log(busy)
     try:
-        volumes = gen.generate(plan, _Progress(log), windows).volumes if len(share) else []
-        for i, volume in zip(share if ctx.main or not windows else (), volumes):
-            write_volume(partial / f"sample_{i:03d}.{fmt}", volume, voxel_size=gen.voxel_size,
-                         unit=gen.unit)
+        # each batch written as it comes: memory of one batch, whatever the count
+        for start, volumes in gen.batches(plan, _Progress(log), windows) if len(share) else ():
+            if not (ctx.main or not windows):
+                continue
+            for k, volume in enumerate(volumes):
+                write_volume(partial / f"sample_{share[start + k]:03d}.{fmt}", volume,
+                             voxel_size=gen.voxel_size, unit=gen.unit)
     except BaseException:
         if ctx.world == 1:  # nothing half-made stays behind (ranks may still be writing)
             shutil.rmtree(partial, ignore_errors=True)

@@ -126,6 +126,14 @@ class Generator:
         process's time; ``mdiff-sample`` under torchrun does this for fewer volumes than
         processes, and shares whole volumes out otherwise)."""
         plan = request if isinstance(request, planning.Plan) else self.plan(request)
+        parts = [volumes for _, volumes in self.batches(plan, progress, share_windows)]
+        return Samples(np.concatenate(parts), plan, self.per_volume_conditions(plan))
+
+    def batches(self, request, progress=None, share_windows=False):
+        """``generate``'s volumes a batch at a time: yields (index of the batch's first volume
+        in the request, its volumes). A caller that writes each batch as it comes (what
+        ``mdiff-sample`` does) makes a set of any count in the memory of one batch."""
+        plan = request if isinstance(request, planning.Plan) else self.plan(request)
         share = None
         if share_windows:
             from . import distributed
@@ -139,7 +147,6 @@ class Generator:
         spec = SAMPLERS[plan.sampler]
         options = {"eta": plan.eta, "variance": plan.variance}
         shape = (self.phase_map.n, *plan.shape)
-        out = []
         for start in range(0, plan.count, plan.batch):
             b = min(plan.batch, plan.count - start)
             gens = [torch.Generator().manual_seed(plan.seed * 1_000_003 + plan.first + i)
@@ -152,9 +159,9 @@ class Generator:
             denoise = self.denoiser(process, plan, model_fn, on_windows, share)
             x = spec.fn(denoise, process, shape, gens, self.device, progress=report,
                         **{k: options[k] for k in spec.options})
-            out.append(self.phase_map.decode(x))
+            volumes = self.phase_map.decode(x)
             del x, denoise
-        return Samples(np.concatenate(out), plan, self.per_volume_conditions(plan))
+            yield start, volumes
 
     def per_volume_conditions(self, plan, count=None):
         """The composition condition of each of ``count`` (default: the plan's) volumes from
