@@ -221,3 +221,23 @@ def test_a_write_reaches_the_disk_before_its_rename_and_a_failed_flush_keeps_the
     with pytest.raises(OSError, match="No space left"):
         write_volume(target, synth.generate((8, 8, 8), (0.5, 0.5), (0, 255), 1.5, 3))
     assert target.read_bytes() == old and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_sample_set_is_written_a_batch_at_a_time(ckpt, tmp_path, monkeypatch):
+    # each batch reaches the disk before the next is made: a set of any count is made in the
+    # memory of one batch (it used to hold every volume until the end)
+    from mdiff import sampling
+
+    out = tmp_path / "set"
+    written = []
+    made = sampling.Generator.batches
+
+    def batches(self, *args, **kwargs):
+        for start, volumes in made(self, *args, **kwargs):
+            written.append(len(list((out / ".partial").glob("sample_*"))))
+            yield start, volumes
+
+    monkeypatch.setattr(sampling.Generator, "batches", batches)
+    assert sample_main([str(ckpt), str(out), "-n", "5", "--batch", "2", "--steps", "2"]) == 0
+    assert written == [0, 2, 4]
+    assert len(list(out.glob("sample_*.tif"))) == 5
