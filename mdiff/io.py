@@ -244,8 +244,11 @@ def _read_tiff(path):
 
     try:
         with _tifffile_says() as said, tifffile.TiffFile(path) as tif:
+            _check_claimed_size(path, tif)
             volume = tif.asarray()
             meta = _tiff_voxel_size(tif)
+    except MdiffError:
+        raise
     except Exception as exc:  # tifffile raises several types for corrupt or foreign files
         raise MdiffError(f"{path}: not a readable TIFF image ({_first_line(exc)})") from None
     if said:
@@ -253,6 +256,30 @@ def _read_tiff(path):
         print(f"mdiff: note: {path}: tifffile found {_first_line(said[0])}{more}; the file "
               "may be damaged: check its voxels", file=sys.stderr)
     return volume, meta
+
+
+# the most a TIFF codec can expand its bytes: none 1, PackBits 64 (2 bytes make a run of 128),
+# deflate 1032 (its format's limit), LZW under 4096 (12-bit codes of strings that grow by one)
+_MAX_EXPANSION = {1: 1, 32773: 64, 8: 1040, 32946: 1040, 5: 4096}
+
+
+def _check_claimed_size(path, tif):
+    """MdiffError before any pixel is read when a TIFF's header claims more voxels than its
+    bytes can hold with its codec (a damaged size field: 7 GiB claimed by a 2 kB file), or
+    more than the memory free now: a damaged file never gets the memory it claims."""
+    series = tif.series[0]
+    shape = tuple(int(n) for n in series.shape)
+    claimed = int(np.prod(shape, dtype=object)) * series.dtype.itemsize
+    size = path.stat().st_size
+    limit = _MAX_EXPANSION.get(int(tif.pages[0].compression))
+    if limit is not None and claimed > limit * size:
+        raise MdiffError(f"{path}: its header claims a {'x'.join(map(str, shape))} volume "
+                         f"({claimed / 2**30:.3g} GiB) that {size} bytes cannot hold; the file "
+                         "is damaged")
+    from .runtime import check_memory
+
+    check_memory(claimed, what=f"reading {path} ({'x'.join(map(str, shape))} voxels)",
+                 advice="crop or split the volume on a machine with more memory")
 
 
 @contextlib.contextmanager

@@ -74,6 +74,8 @@ def read_vti(path):
             or array.group(1) not in _DTYPES):
         raise MdiffError(f"{path}: not a .vti that mdiff can read (it reads the raw uint8/"
                          "uint16 cell data it writes); save the volume as TIFF instead")
+    if len(head) < mark + 9:  # cut short inside the data block's size word
+        raise MdiffError(f"{path}: the file ends before its data does; it is damaged")
     try:
         x0, x1, y0, y1, z0, z1 = (int(v) for v in extent.group(1).split())
         nbytes = int(np.frombuffer(head[mark + 1:mark + 9], "<u8")[0])

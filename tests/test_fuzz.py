@@ -186,3 +186,42 @@ def test_a_damaged_samples_json_is_never_read_as_an_instruction(tmp_path, capsys
                         "--threads", "1"]) == 0
     assert sorted(p.name for p in sets.iterdir()) == ["sample_000.tif", "samples.json"]
     assert json.loads((sets / "samples.json").read_text())["count"] == 1
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_tiff_claiming_more_voxels_than_its_bytes_hold_is_refused_before_reading(
+        tmp_path, compression):
+    import struct
+
+    path = tmp_path / "claims.tif"
+    tifffile.imwrite(path, synth.generate((12, 10, 9), (0.5, 0.5), (0, 255), 1.5, 2),
+                     compression=compression)
+    raw = bytearray(path.read_bytes())
+    assert raw[:2] == b"II"
+    (ifd,) = struct.unpack_from("<I", raw, 4)
+    (entries,) = struct.unpack_from("<H", raw, ifd)
+    for k in range(entries):  # every page's ImageLength (tag 257) set to 67 108 874 rows
+        at = ifd + 2 + 12 * k
+        tag, kind = struct.unpack_from("<HH", raw, at)
+        if tag == 257:
+            struct.pack_into("<I" if kind == 4 else "<H", raw, at + 8,
+                             67_108_874 if kind == 4 else 65_000)
+    path.write_bytes(bytes(raw))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    with pytest.raises(MdiffError, match="cannot hold; the file is damaged"):
+        read_volume(path)
+    assert time.perf_counter() - started < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 256 * 1024
+
+
+def test_a_vti_cut_inside_its_size_word_is_one_line(tmp_path):
+    good = tmp_path / "v.vti"
+    write_volume(good, synth.generate((6, 5, 4), (0.5, 0.5), (0, 255), 1.5, 2))
+    raw = good.read_bytes()
+    mark = raw.index(b'<AppendedData encoding="raw">')
+    mark = raw.index(b"_", mark)
+    for cut in range(mark + 1, mark + 9):  # 0 to 7 bytes of the 8-byte data size
+        (tmp_path / "cut.vti").write_bytes(raw[:cut])
+        with pytest.raises(MdiffError, match="ends before its data"):
+            read_volume(tmp_path / "cut.vti")
