@@ -17,6 +17,7 @@ import numpy as np
 
 from . import metrics, synth
 from .errors import MdiffError
+from .figures import FIGURES
 from .evaluate_report import (format_markdown, plot_result, plot_slices,  # noqa: F401
                               report_staging, write_report)
 from .grid import grid_cubes  # noqa: F401  (mdiff.evaluate.grid_cubes, as before)
@@ -40,9 +41,9 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
     ``progress(done, total)`` is called as cubes finish."""
 
     def one(cube):
-        return metrics.describe(cube, phase_map, s2_max, "closed", threads=1,
-                                transport=transport, transport_tol=transport_tol,
-                                device=device, sizes=True)
+        return _judged_part(metrics.describe(cube, phase_map, s2_max, "closed", threads=1,
+                                             transport=transport, transport_tol=transport_tol,
+                                             device=device, sizes=True))
 
     workers = 1 if transport and str(device) != "cpu" else metrics.default_threads()
     out = []
@@ -55,6 +56,24 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
             if progress:
                 progress(len(out), len(cubes))
     return out
+
+
+def _judged_part(entry):
+    """What the judge and the report read of a cube's entry: each phase's figures (the
+    transport figures per axis), its S2 curves as arrays, the TPB density. The solver's
+    details, the cluster-size bins and the raw counts are dropped: a set of thousands of
+    cubes holds one of these a cube, half the whole entry."""
+    keep = set(FIGURES)
+    phases = []
+    for phase in entry["phases"]:
+        row = {k: v for k, v in phase.items() if k in keep or k == "label"}
+        row["s2"] = {axis: np.asarray(curve, dtype=float) for axis, curve in phase["s2"].items()}
+        if "transport" in phase:
+            row["transport"] = {axis: {k: v for k, v in t.items() if k in keep}
+                                for axis, t in phase["transport"].items()}
+        phases.append(row)
+    return {"path": entry.get("path"), "shape": entry.get("shape"),
+            "tpb_density": entry["tpb_density"], "phases": phases}
 
 
 @contextlib.contextmanager
