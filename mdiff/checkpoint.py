@@ -5,6 +5,7 @@ the file. Everything needed to rebuild the model and decode samples is inside.
 """
 import hashlib
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def load(path):
         raise MdiffError(f"{path}: not an mdiff checkpoint ({_looks_like(head)}; a checkpoint "
                          "is the checkpoint.pt that mdiff-train writes in its run folder)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's odd pickle protocol is warned of
+            warnings.simplefilter("ignore")  # in two stray lines; the answer is this one
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         # torch's own message may advise weights_only=False, which would run the file's code:
         # never pass that on

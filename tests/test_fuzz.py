@@ -225,3 +225,27 @@ def test_a_vti_cut_inside_its_size_word_is_one_line(tmp_path):
         (tmp_path / "cut.vti").write_bytes(raw[:cut])
         with pytest.raises(MdiffError, match="ends before its data"):
             read_volume(tmp_path / "cut.vti")
+
+
+def test_a_checkpoint_with_a_damaged_pickle_header_reads_without_stray_warnings(tmp_path):
+    import warnings
+    import zipfile
+
+    write_volume(tmp_path / "v.tif", synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, 1))
+    good = mdiff.train([tmp_path / "v.tif"], preset="tiny", out=tmp_path / "run",
+                       train={"steps": 1}, log=None)
+    raw = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+    import struct
+
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len  # the local header's, not the index's
+    assert raw[start] == 0x80  # pickle's PROTO opcode, then the protocol number
+    raw[start + 1] = 0xFF
+    (tmp_path / "bad.pt").write_bytes(bytes(raw))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        state = checkpoint.load(tmp_path / "bad.pt")  # the pickle still reads; weights intact
+    assert state["step"] == 1
+    assert not [str(w.message)[:80] for w in said]  # torch's would be two stray lines
