@@ -20,28 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mdiff import verdict
-from mdiff.stats import size_scale, wasserstein1
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from mdiff import verdict  # noqa: E402
+from mdiff.stats import size_scale, wasserstein1  # noqa: E402
+from test_evaluate import _entries as entries  # noqa: E402  (the one definition)
+
 SIZES = [(3, 64), (8, 64), (16, 48), (32, 128), (64, 64), (168, 168)]
-
-
-def entries(phi, rng):
-    """describe()-like entries of 2-phase cubes with the φ values ``phi``."""
-    out = []
-    for f in phi:
-        curve = [f] + [f * f + (f - f * f) * math.exp(-r / 3) for r in range(1, 9)]
-        phases = []
-        for label, frac in ((0, f), (1, 1 - f)):
-            phases.append({"label": label, "volume_fraction": frac,
-                           "specific_surface_area": 0.2 + 0.01 * rng.normal(),
-                           "specific_surface_area_faces": 0.3,
-                           "euler_density": 1e-3 * rng.normal(),
-                           "s2": {a: curve if label == 0 else [1 - 2 * f + c for c in curve]
-                                  for a in "zyx"}})
-        out.append({"phases": phases, "tpb_density": None})
-    return out
 
 
 def split_floor_differs(real, gen, permutations, seed, level):
