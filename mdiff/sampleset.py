@@ -93,11 +93,11 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     if busy:
         log(busy)
     try:
-        # each batch written as it comes: memory of one batch, whatever the count
+        # each batch written as it comes: memory of one batch, whatever the count; sharing
+        # windows, every process makes every volume and the first alone writes them
+        writes = ctx.main or not windows
         for start, volumes in gen.batches(plan, _Progress(log), windows) if len(share) else ():
-            if not (ctx.main or not windows):
-                continue
-            for k, volume in enumerate(volumes):
+            for k, volume in enumerate(volumes if writes else ()):
                 write_volume(partial / f"sample_{share[start + k]:03d}.{fmt}", volume,
                              voxel_size=gen.voxel_size, unit=gen.unit)
     except BaseException:
