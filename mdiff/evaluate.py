@@ -10,6 +10,7 @@ judge``), as before the split. ``judge`` is the one place that gives verdicts;
 import contextlib
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,9 +61,9 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
 
 def _judged_part(entry):
     """What the judge and the report read of a cube's entry: each phase's figures (the
-    transport figures per axis), its S2 curves as arrays, the TPB density. The solver's
-    details, the cluster-size bins and the raw counts are dropped: a set of thousands of
-    cubes holds one of these a cube, half the whole entry."""
+    transport figures per axis), its S2 curves, the TPB density, as a ``CubeRecord`` (a few
+    arrays). The solver's details, the cluster-size bins and the raw counts are dropped: a set
+    of thousands of cubes holds one of these a cube, an eighth of the whole entry's memory."""
     keep = set(FIGURES)
     phases = []
     for phase in entry["phases"]:
@@ -72,8 +73,84 @@ def _judged_part(entry):
             row["transport"] = {axis: {k: v for k, v in t.items() if k in keep}
                                 for axis, t in phase["transport"].items()}
         phases.append(row)
-    return {"path": entry.get("path"), "shape": entry.get("shape"),
-            "tpb_density": entry["tpb_density"], "phases": phases}
+    judged = {"path": entry.get("path"), "shape": entry.get("shape"),
+              "tpb_density": entry["tpb_density"], "phases": phases}
+    return CubeRecord.pack(judged) or judged
+
+
+class CubeRecord(Mapping):
+    """A judged cube entry held as three float arrays (figures, S2 curves, per-axis transport
+    figures) and a layout shared by every cube measured alike; reading it (``record["phases"]``)
+    gives back the same dicts ``_judged_part`` packed, None values included. Python dicts of
+    floats cost ~8 KiB a cube, these ~1 KiB: memory stays flat over a judge of thousands of
+    cubes."""
+
+    __slots__ = ("_layout", "_path", "_shape", "_tpb", "_values", "_s2", "_transport", "_none")
+    _layouts = {}  # one tuple per way of measuring, shared by its cubes
+
+    @classmethod
+    def pack(cls, judged):
+        """The record of a ``_judged_part`` dict, or None when its phases are not measured
+        alike (then the dict is kept as it is)."""
+        phases = judged["phases"]
+        first = phases[0]
+        keys = tuple(k for k in first if k not in ("label", "s2", "transport"))
+        axes = tuple(first["s2"])
+        moved = tuple(first["transport"]) if "transport" in first else ()
+        tkeys = tuple(first["transport"][moved[0]]) if moved else ()
+        for p in phases:
+            if (tuple(k for k in p if k not in ("label", "s2", "transport")) != keys
+                    or tuple(p["s2"]) != axes or len({len(p["s2"][a]) for a in axes}) != 1
+                    or tuple(p.get("transport", ())) != moved
+                    or any(tuple(p["transport"][a]) != tkeys for a in moved)):
+                return None
+        if len({len(first["s2"][a]) for a in axes}) != 1:
+            return None
+        layout = (tuple(p["label"] for p in phases), keys, axes, moved, tkeys)
+        self = cls()
+        self._layout = cls._layouts.setdefault(layout, layout)
+        self._path, self._shape, self._tpb = judged["path"], judged["shape"], judged["tpb_density"]
+        values = [[p[k] for k in keys] for p in phases]
+        trans = [[[p["transport"][a][k] for k in tkeys] for a in moved] for p in phases]
+        flat = [v for row in values for v in row] + [v for p in trans for a in p for v in a]
+        self._none = tuple(i for i, v in enumerate(flat) if v is None)
+        self._values = np.array([[np.nan if v is None else v for v in row] for row in values],
+                                dtype=float)
+        self._transport = (np.array([[[np.nan if v is None else v for v in a] for a in p]
+                                     for p in trans], dtype=float) if moved else None)
+        self._s2 = np.array([[p["s2"][a] for a in axes] for p in phases], dtype=float)
+        return self
+
+    def _phases(self):
+        labels, keys, axes, moved, tkeys = self._layout
+        none, count = set(self._none), self._values.size
+        out = []
+        for i, label in enumerate(labels):
+            row = {"label": label}
+            for j, k in enumerate(keys):
+                row[k] = None if i * len(keys) + j in none else float(self._values[i, j])
+            row["s2"] = {a: self._s2[i, j] for j, a in enumerate(axes)}
+            if moved:
+                base = count + i * len(moved) * len(tkeys)
+                row["transport"] = {
+                    a: {k: None if base + j * len(tkeys) + q in none
+                        else float(self._transport[i, j, q]) for q, k in enumerate(tkeys)}
+                    for j, a in enumerate(moved)}
+            out.append(row)
+        return out
+
+    def __getitem__(self, key):
+        if key == "phases":
+            return self._phases()
+        if key in ("path", "shape", "tpb_density"):
+            return {"path": self._path, "shape": self._shape, "tpb_density": self._tpb}[key]
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(("path", "shape", "tpb_density", "phases"))
+
+    def __len__(self):
+        return 4
 
 
 @contextlib.contextmanager

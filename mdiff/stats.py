@@ -120,27 +120,43 @@ def membership(orders, first):
     return inside
 
 
+# re-labellings handled at once by permuted_w1 / permuted_rms: rows × pooled cubes up to this
+# many elements, so that a judge of thousands of cubes adds a few MiB, not B × N × 40 bytes
+_CHUNK = 1 << 16
+
+
+def _row_chunks(inside):
+    rows = max(1, _CHUNK // max(1, inside.shape[1]))
+    return [inside[k:k + rows] for k in range(0, len(inside), rows)]
+
+
 def permuted_w1(values, inside):
     """W1 between the values marked and those not marked in each row of ``inside`` (B, N):
-    the empirical CDFs of both parts on the sorted pooled values, all rows at once."""
+    the empirical CDFs of both parts on the sorted pooled values, a chunk of rows at a time."""
     v = np.asarray(values, float)
     order = np.argsort(v, kind="mergesort")
     steps = np.diff(v[order])
-    marked = inside[:, order]
-    first = marked.sum(axis=1, keepdims=True)
-    fa = np.cumsum(marked, axis=1)[:, :-1] / first
-    fb = np.cumsum(~marked, axis=1)[:, :-1] / (marked.shape[1] - first)
-    return np.abs(fa - fb) @ steps
+    out = []
+    for part in _row_chunks(inside):
+        marked = part[:, order]
+        first = marked.sum(axis=1, keepdims=True)
+        fa = np.cumsum(marked, axis=1)[:, :-1] / first
+        fb = np.cumsum(~marked, axis=1)[:, :-1] / (marked.shape[1] - first)
+        out.append(np.abs(fa - fb) @ steps)
+    return np.concatenate(out)
 
 
 def permuted_rms(curves, inside):
     """RMS difference of the mean curve of the marked rows of ``curves`` (N, K) and of the
-    others, for each row of ``inside`` (B, N)."""
+    others, for each row of ``inside`` (B, N), a chunk of rows at a time."""
     c = np.asarray(curves, float).reshape(len(curves), -1)
-    w = inside.astype(float)
-    a = (w @ c) / w.sum(axis=1, keepdims=True)
-    b = ((1 - w) @ c) / (1 - w).sum(axis=1, keepdims=True)
-    return np.sqrt(np.mean((a - b) ** 2, axis=1))
+    out = []
+    for part in _row_chunks(inside):
+        w = part.astype(float)
+        a = (w @ c) / w.sum(axis=1, keepdims=True)
+        b = ((1 - w) @ c) / (1 - w).sum(axis=1, keepdims=True)
+        out.append(np.sqrt(np.mean((a - b) ** 2, axis=1)))
+    return np.concatenate(out)
 
 
 def permutation_p(observed, null):

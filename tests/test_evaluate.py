@@ -25,6 +25,36 @@ def test_grid_cubes_are_views_in_the_z_range(structure):
     assert np.array_equal(cubes[0], structure[16:32, :16, :16])
 
 
+def test_cube_records_give_back_the_judged_entries(structure):
+    """describe_cubes keeps each cube as a few arrays; reading one gives the same figures,
+    S2 curves and per-axis transport figures (None included) as the full describe() entry."""
+    pm = PhaseMap((0, 127, 255))
+    cube = structure[:16, :16, :16].copy()
+    cube[cube == 255] = 0  # a phase that is absent: its transport figures are None / 0
+    entry = metrics.describe(cube, pm, 8, "closed", threads=1, transport=True, sizes=True,
+                             transport_tol=evaluate.TRANSPORT_TOL)
+    record = evaluate.describe_cubes([cube], pm, 8, transport=True)[0]
+    assert isinstance(record, evaluate.CubeRecord)
+    assert record["tpb_density"] == entry["tpb_density"]
+    for got, full in zip(record["phases"], entry["phases"]):
+        assert got["label"] == full["label"]
+        for key in ("volume_fraction", "specific_surface_area", "euler_density",
+                    "local_thickness", "mean_chord_length"):
+            assert got[key] == full[key]
+        for axis in "zyx":
+            np.testing.assert_array_equal(got["s2"][axis], full["s2"][axis])
+            for key, value in got["transport"][axis].items():
+                assert value == full["transport"][axis][key]
+    assert any(v is None for p in record["phases"] for t in p["transport"].values()
+               for v in t.values())
+    unpacked = [{"path": r["path"], "shape": r["shape"], "tpb_density": r["tpb_density"],
+                 "phases": r["phases"]} for r in evaluate.describe_cubes(
+                     evaluate.grid_cubes(structure, 16), pm, 8)]
+    packed = evaluate.describe_cubes(evaluate.grid_cubes(structure, 16), pm, 8)
+    assert (evaluate.judge(packed[:14], {"g": packed[14:]}, 40)["verdicts"]
+            == evaluate.judge(unpacked[:14], {"g": unpacked[14:]}, 40)["verdicts"])
+
+
 def test_compare_sets_matches_hand_computed_figures(structure):
     pm = PhaseMap((0, 127, 255))
     cubes = evaluate.grid_cubes(structure, 16)

@@ -100,8 +100,9 @@ def test_size_scale():
 # The permutation test behind the verdicts
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_permuted_statistics_equal_one_relabelling_at_a_time(ties):
+@pytest.mark.parametrize("ties, chunk", [(False, 1 << 16), (True, 1 << 16), (False, 80)])
+def test_permuted_statistics_equal_one_relabelling_at_a_time(ties, chunk, monkeypatch):
+    monkeypatch.setattr(stats, "_CHUNK", chunk)  # 80: two re-labellings a chunk, 13 chunks
     rng = np.random.default_rng(7)
     values = rng.normal(size=(37, 2))[:, 1]  # a strided view
     if ties:
