@@ -63,7 +63,7 @@ def _judged_part(entry):
     """What the judge and the report read of a cube's entry: each phase's figures (the
     transport figures per axis), its S2 curves, the TPB density, as a ``CubeRecord`` (a few
     arrays). The solver's details, the cluster-size bins and the raw counts are dropped: a set
-    of thousands of cubes holds one of these a cube, an eighth of the whole entry's memory."""
+    of thousands of cubes holds one of these a cube."""
     keep = set(FIGURES)
     phases = []
     for phase in entry["phases"]:
@@ -81,9 +81,9 @@ def _judged_part(entry):
 class CubeRecord(Mapping):
     """A judged cube entry held as three float arrays (figures, S2 curves, per-axis transport
     figures) and a layout shared by every cube measured alike; reading it (``record["phases"]``)
-    gives back the same dicts ``_judged_part`` packed, None values included. Python dicts of
-    floats cost ~8 KiB a cube, these ~1 KiB: memory stays flat over a judge of thousands of
-    cubes."""
+    gives back the same dicts ``_judged_part`` packed, None values included. Arrays instead of
+    dicts of Python floats keep a judge of thousands of cubes flat in memory
+    (benchmarks/long_runs.py)."""
 
     __slots__ = ("_layout", "_path", "_shape", "_tpb", "_values", "_s2", "_transport", "_none")
     _layouts = {}  # one tuple per way of measuring, shared by its cubes

@@ -121,7 +121,7 @@ def membership(orders, first):
 
 
 # re-labellings handled at once by permuted_w1 / permuted_rms: rows × pooled cubes up to this
-# many elements, so that a judge of thousands of cubes adds a few MiB, not B × N × 40 bytes
+# many elements, so that the temporaries stay bounded however many cubes are judged
 _CHUNK = 1 << 16
 
 
