@@ -410,7 +410,9 @@ def evaluate_main(argv=None):
 
     def body(args):
         from . import evaluate
+        from .runtime import return_freed_memory
 
+        return_freed_memory()
         if args.size is not None and args.size < 4:
             raise MdiffError("--size must be at least 4")
         if args.memorisation_cubes < 1:

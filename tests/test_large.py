@@ -255,3 +255,23 @@ def test_sampling_keeps_freed_memory_where_glibc_allows_it():
 
     took = keep_freed_memory()
     assert took is (sys.platform.startswith("linux"))
+
+
+def test_evaluate_pins_the_allocator_thresholds_where_glibc_allows_it(monkeypatch):
+    """mdiff-evaluate pins glibc's mmap and trim thresholds before it measures (its memory
+    curve over a thousand cubes is benchmarks/long_runs.py's); elsewhere it is a no-op."""
+    import sys
+
+    from mdiff import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "_mallopt", lambda settings: calls.append(settings) or True)
+    assert runtime.return_freed_memory() and calls == [runtime.RETURN_FREED]
+    monkeypatch.undo()
+    assert runtime.return_freed_memory() is sys.platform.startswith("linux")
+    from mdiff.cli import evaluate_main
+
+    pinned = []
+    monkeypatch.setattr(runtime, "return_freed_memory", lambda: pinned.append(1))
+    assert evaluate_main(["real.tif", "gen", "--size", "2"]) == 2  # refused after the pinning
+    assert pinned == [1]
