@@ -104,8 +104,6 @@ class CubeRecord(Mapping):
                     or tuple(p.get("transport", ())) != moved
                     or any(tuple(p["transport"][a]) != tkeys for a in moved)):
                 return None
-        if len({len(first["s2"][a]) for a in axes}) != 1:
-            return None
         layout = (tuple(p["label"] for p in phases), keys, axes, moved, tkeys)
         self = cls()
         self._layout = cls._layouts.setdefault(layout, layout)
@@ -119,6 +117,7 @@ class CubeRecord(Mapping):
         self._transport = (np.array([[[np.nan if v is None else v for v in a] for a in p]
                                      for p in trans], dtype=float) if moved else None)
         self._s2 = np.array([[p["s2"][a] for a in axes] for p in phases], dtype=float)
+        self._s2.flags.writeable = False  # the curves read back are views of it
         return self
 
     def _phases(self):
@@ -142,8 +141,12 @@ class CubeRecord(Mapping):
     def __getitem__(self, key):
         if key == "phases":
             return self._phases()
-        if key in ("path", "shape", "tpb_density"):
-            return {"path": self._path, "shape": self._shape, "tpb_density": self._tpb}[key]
+        if key == "path":
+            return self._path
+        if key == "shape":
+            return self._shape
+        if key == "tpb_density":
+            return self._tpb
         raise KeyError(key)
 
     def __iter__(self):
