@@ -123,9 +123,9 @@ def return_freed_memory():
     took. glibc raises both each time a large block is freed, so a process that solves
     thousands of small diffusion problems (one cube's buffers are about the threshold) moves
     them onto the heap, where freed blocks stay resident and fragment it: the judge's
-    resident memory crept with the cubes done. For commands whose large buffers live long
-    against the cost of a page fault (``mdiff-evaluate``); sampling wants the opposite
-    (``keep_freed_memory``)."""
+    resident memory crept with the cubes done. For commands that do many small solves, each
+    far longer than the page faults of its fresh buffers (``mdiff-evaluate``); sampling, which
+    re-allocates the same buffers every step, wants the opposite (``keep_freed_memory``)."""
     return _mallopt(RETURN_FREED)
 
 
