@@ -25,6 +25,7 @@ from pathlib import Path
 
 import mdiff
 from mdiff import checkpoint
+from mdiff.io import atomic_path
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -97,9 +98,8 @@ def main():
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "mdiff": mdiff.__version__, "runs": runs}
     path = HERE / "results" / "torchrun_rank_death_cpu.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path.relative_to(HERE.parent)}")
 
 
