@@ -29,7 +29,8 @@ def distill(*args, **kwargs):
 
 
 def load(path, device="auto", use_ema=True, precision="fp32"):
-    """A generator from a checkpoint: ``mdiff.load(ckpt).sample(n, size, sampler, steps, seed)``."""
+    """A generator from a checkpoint: ``mdiff.load(ckpt).sample(n, size, sampler, steps, seed)``.
+    ``path`` may name a model that ships with mdiff (``mdiff.pretrained.index()``)."""
     from .sampling import load as _load
 
     return _load(path, device, use_ema, precision)

@@ -58,8 +58,11 @@ def _tensors(value, prefix=""):
 
 
 def load(path):
-    """Read and check a checkpoint with ``weights_only=True``; MdiffError if it is not one."""
-    path = Path(path)
+    """Read and check a checkpoint with ``weights_only=True``; MdiffError if it is not one.
+    ``path`` may be a shipped model's name (``mdiff-models`` lists them)."""
+    from .pretrained import resolve
+
+    path = resolve(path)
     if not path.is_file():
         raise MdiffError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:

@@ -499,6 +499,35 @@ def synth_main(argv=None):
     return _run("mdiff-synth", parser, body, argv)
 
 
+def models_main(argv=None):
+    parser = _parser("mdiff-models", "The models that ship inside mdiff, one line each: give "
+                     "the name where a checkpoint is taken (mdiff-sample NAME OUT_DIR, "
+                     "mdiff.load(NAME)). Their cards: docs/models.md.")
+    parser.add_argument("--json", action="store_true", help="the index (name, file, SHA-256, "
+                        "labels, training data) as JSON")
+    parser.add_argument("--check", action="store_true", help="also read each model and check "
+                        "its file's SHA-256 and its tensors' checksum")
+
+    def body(args):
+        from . import pretrained
+
+        models = pretrained.index()
+        if not models:
+            raise MdiffError("this install carries no shipped models (mdiff/pretrained/ is "
+                             "missing); reinstall mdiff")
+        if args.check:
+            from .checkpoint import load
+
+            for name in models:
+                load(name)
+        if args.json:
+            print(json.dumps(list(models.values()), indent=1))
+        else:
+            print("\n".join(pretrained.listing()))
+
+    return _run("mdiff-models", parser, body, argv)
+
+
 def demo_main(argv=None):
     parser = _parser("mdiff-demo", "The whole job in one command: train a small model on the "
                      "built-in synthetic microstructure, sample volumes (DPM-Solver++), and "

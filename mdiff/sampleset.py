@@ -173,7 +173,7 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
 
     return {"mdiff_version": __version__, "torch_version": torch.__version__,
             "numpy_version": numpy.__version__, "threads": torch.get_num_threads(),
-            "checkpoint": str(Path(ckpt).resolve()),
+            "checkpoint": str(Path(ckpt).resolve()) if Path(ckpt).exists() else str(ckpt),
             "checkpoint_step": gen.step, "objective": gen.diffusion.objective,
             "student": None if gen.student is None else {
                 k: gen.student[k] for k in ("method", "steps", "guidance", "teacher",
