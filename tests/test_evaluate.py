@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from mdiff import evaluate, metrics, synth, write_volume
+from mdiff import evaluate, metrics, read_volume, synth, write_volume
 from mdiff.cli import demo_main, evaluate_main
 from mdiff.data import apply_symmetry
 from mdiff.phases import PhaseMap
@@ -116,6 +116,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                                                                       "sample_001.tif"]
     assert (out / "comparison.md").read_text().count("| phi |") == 3
     assert "mdiff-train --resume" in printed.err
+    # it opens with a shipped model's volume, before any training
+    assert printed.err.index("[0/3] the shipped model nmc-cathode") < printed.err.index("[1/3]")
+    assert read_volume(out / "nmc-cathode.tif").shape == (48, 48, 48)
 
 
 def test_demo_bad_steps_is_one_line(tmp_path, capsys):
