@@ -24,6 +24,22 @@ SQUARE_SYMMETRIES = [(perm, flips) for perm in itertools.permutations(range(2))
 PLANES = ("xy", "xz", "yz")  # the plane an image lies in; a volume's slices along z, y, x
 
 
+def spacing_symmetries(voxel_size):
+    """Indices into SYMMETRIES of the symmetries that keep a (z, y, x) voxel spacing: the
+    reflections always, an axis permutation only where it swaps axes of equal spacing (a
+    FIB-SEM stack of thicker slices keeps the 16 that fix z; any spacing keeps the 8
+    reflections). All 48 for cubic voxels or an unknown spacing."""
+    if voxel_size is None:
+        return list(range(len(SYMMETRIES)))
+    spacing = [float(v) for v in voxel_size]
+
+    def same(a, b):
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+    return [k for k, (perm, _) in enumerate(SYMMETRIES)
+            if all(same(spacing[perm[i]], spacing[i]) for i in range(3))]
+
+
 def apply_symmetry(cube, index, symmetries=SYMMETRIES):
     """One of the 48 cube symmetries applied to a (D, D, D) numpy cube (a view); or one of the
     8 square symmetries of a (P, P) patch with ``symmetries=SQUARE_SYMMETRIES``."""
@@ -38,7 +54,8 @@ class CubeDataset:
     stride > 0: the regular grid of the paper (side ``patch``, stride 25 there); stride 0:
     uniformly random positions. ``batch(rng, n)`` draws n cubes as a uint8 index tensor."""
 
-    def __init__(self, volumes, phase_map, patch, stride=25, augment=True, names=None):
+    def __init__(self, volumes, phase_map, patch, stride=25, augment=True, names=None,
+                 symmetries=None):
         names = names or [f"volume {i}" for i in range(len(volumes))]
         for volume, name in zip(volumes, names):
             if min(volume.shape) < patch:
@@ -51,6 +68,8 @@ class CubeDataset:
         self.patch = patch
         self.stride = stride
         self.augment = augment
+        # indices into SYMMETRIES that augmentation draws from (spacing_symmetries)
+        self.symmetries = list(range(len(SYMMETRIES))) if symmetries is None else symmetries
         if stride > 0:
             self.positions = [(i, *start) for i, v in enumerate(volumes)
                               for start in grid_starts(v.shape, patch, stride)]
@@ -67,7 +86,7 @@ class CubeDataset:
             a, b, c = (int(rng.integers(s - self.patch + 1)) for s in self.volumes[i].shape)
         cube = self.cube_at((i, a, b, c))
         if self.augment:
-            cube = apply_symmetry(cube, int(rng.integers(len(SYMMETRIES))))
+            cube = apply_symmetry(cube, self.symmetries[int(rng.integers(len(self.symmetries)))])
         return np.ascontiguousarray(cube)
 
     def cube_at(self, position):
@@ -135,6 +154,8 @@ class ImageDataset:
         self.patch = patch
         self.stride = stride
         self.augment = augment
+        # indices into SYMMETRIES that augmentation draws from (spacing_symmetries)
+        self.symmetries = list(range(len(SYMMETRIES))) if symmetries is None else symmetries
         if stride > 0:
             self.positions = _Grid([image.shape for image in self.images], patch, stride)
 

@@ -24,7 +24,7 @@ import torch
 
 from . import checkpoint, descriptors, distributed, synth
 from .config import OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, override
-from .data import PLANES, CubeDataset, ImageDataset, volume_slices
+from .data import PLANES, SYMMETRIES, CubeDataset, ImageDataset, spacing_symmetries, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
 from .io import atomic_path, check_image, check_volume, read_labels
@@ -73,8 +73,21 @@ def load_volumes(paths, phases=None, example=False, planes=None):
         if pm.labels != maps[0].labels:
             raise MdiffError(f"{name}: labels {list(pm.labels)} differ from {names[0]}'s "
                              f"{list(maps[0].labels)}; all training data need the same phases")
+    spaced = [(name, meta) for name, meta, a in zip(names, metas, arrays) if a.ndim == 3]
+    for name, meta in spaced[1:]:
+        if not _same_spacing(meta["voxel_size"], spaced[0][1]["voxel_size"]):
+            raise MdiffError(f"{name}: voxel size {meta['voxel_size']} differs from "
+                             f"{spaced[0][0]}'s {spaced[0][1]['voxel_size']}; resample the "
+                             "volumes to one spacing first")
     tags = [None if plane is None else PLANES.index(plane) for _, plane in named]
     return arrays, maps[0], {**metas[0], "label_counts": totals}, names, tags
+
+
+def _same_spacing(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return all(abs(float(u) - float(v)) <= 1e-6 * max(abs(float(u)), abs(float(v)))
+               for u, v in zip(a, b))
 
 
 def image_data(arrays, tags, planes, log):
@@ -365,8 +378,15 @@ def _dataset(run, arrays, tags, log):
                             run.tcfg.augment)
     run.ucfg = override(run.ucfg, {"phases": run.phase_map.n})
     _check(run.ucfg, run.dcfg, run.tcfg)
+    spacing = run.meta["voxel_size"]
+    symmetries = spacing_symmetries(spacing)
+    if run.tcfg.augment and len(symmetries) < len(SYMMETRIES):
+        kept = "the 8 reflections only" if len(symmetries) == 8 else (
+            f"{len(symmetries)} (the reflections, and swaps of the axes of equal spacing)")
+        log(f"mdiff-train: voxel size {'x'.join(f'{v:g}' for v in spacing)} (z, y, x) is not "
+            f"cubic: of the 48 cube symmetries, training keeps {kept}")
     return CubeDataset(arrays, run.phase_map, run.tcfg.patch, run.tcfg.stride, run.tcfg.augment,
-                       run.names)
+                       run.names, symmetries)
 
 
 def build(run, device, ctx, log):

@@ -10,7 +10,7 @@ import mdiff
 from mdiff import synth, write_volume
 from mdiff.cli import sample_main, train_main
 from mdiff.config import PRESETS
-from mdiff.data import SYMMETRIES, CubeDataset, apply_symmetry
+from mdiff.data import SYMMETRIES, CubeDataset, apply_symmetry, spacing_symmetries
 from mdiff.diffusion import GaussianDiffusion
 from mdiff.errors import MdiffError
 from mdiff.phases import PhaseMap
@@ -38,6 +38,56 @@ def test_symmetries_are_the_48_distinct_ones(rng):
     cube = rng.integers(0, 255, (4, 4, 4))
     images = {apply_symmetry(cube, k).tobytes() for k in range(len(SYMMETRIES))}
     assert len(SYMMETRIES) == 48 and len(images) == 48
+
+
+@pytest.mark.parametrize("spacing, kept, fixed", [
+    (None, 48, None), ((0.5, 0.5, 0.5), 48, None), ((2.0, 1.0, 1.0), 16, 0),
+    ((1.0, 2.0, 1.0), 16, 1), ((3.0, 2.0, 1.0), 8, "all")])
+def test_anisotropic_voxels_keep_only_the_symmetries_of_their_spacing(spacing, kept, fixed):
+    ks = spacing_symmetries(spacing)
+    assert len(ks) == kept
+    for k in ks:
+        perm, _ = SYMMETRIES[k]
+        if fixed == "all":
+            assert perm == (0, 1, 2)
+        elif fixed is not None:
+            assert perm[fixed] == fixed  # the odd axis stays where it is
+            assert [spacing[p] for p in perm] == list(spacing)
+
+
+def test_training_on_anisotropic_voxels_says_so_and_its_volumes_carry_the_spacing(tmp_path,
+                                                                                   capsys):
+    volume = synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, seed=3)
+    write_volume(tmp_path / "fib.tif", volume, voxel_size=(0.03, 0.01, 0.01), unit="um")
+    run = tmp_path / "run"
+    assert train_main([str(tmp_path / "fib.tif"), "--phases", "2", "--preset", "tiny",
+                       "--out", str(run), "--steps", "2"]) == 0
+    assert "training keeps 16 (the reflections, and swaps of the axes of equal spacing)" \
+        in capsys.readouterr().err
+    out = tmp_path / "samples"
+    assert sample_main([str(run / "checkpoint.pt"), str(out), "-n", "1", "--steps", "2"]) == 0
+    _, meta = mdiff.read_volume(out / "sample_000.tif", with_meta=True)
+    np.testing.assert_allclose(meta["voxel_size"], (0.03, 0.01, 0.01), rtol=1e-6)
+    assert meta["unit"] == "um"
+
+
+def test_the_dataset_draws_only_the_symmetries_it_is_given(rng):
+    volume = rng.choice(np.array([0, 255], np.uint8), size=(8, 8, 8))
+    keep = spacing_symmetries((2.0, 1.0, 1.0))
+    ds = CubeDataset([volume], PhaseMap([0, 255]), patch=8, stride=6, symmetries=keep)
+    allowed = {apply_symmetry(ds.cube_at((0, 0, 0, 0)), k).tobytes() for k in keep}
+    drawn = {ds.cube(np.random.default_rng(s)).tobytes() for s in range(200)}
+    assert drawn <= allowed and len(drawn) > 8
+
+
+def test_volumes_of_different_spacing_are_refused_together(tmp_path, capsys):
+    volume = synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, seed=3)
+    write_volume(tmp_path / "a.tif", volume, voxel_size=1.0, unit="um")
+    write_volume(tmp_path / "b.tif", volume, voxel_size=2.0, unit="um")
+    assert train_main([str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--phases", "2",
+                       "--preset", "tiny", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "voxel size" in err[0] and "one spacing" in err[0]
 
 
 def test_dataset_cuts_grid_cubes_without_whole_volume_copies(rng):
