@@ -299,8 +299,15 @@ def metrics_main(argv=None):
                              "(with --transport, the lateral axes of each solve wrap)")
     parser.add_argument("--subvolume", type=int, metavar="S",
                         help="also report mean ± std over non-overlapping S^3 cubes")
-    parser.add_argument("--voxel-size", type=float, metavar="L",
-                        help="isotropic voxel size: S_V per length, chi_V per volume")
+    parser.add_argument("--voxel-size", type=_floats, metavar="L|Z,Y,X",
+                        help="voxel size (one number, or z,y,x): S_V per length, chi_V and "
+                             "TPB per volume, lengths in its unit. Default: what the files "
+                             "record (ImageJ or VTK spacing), else voxel units. Non-cubic "
+                             "voxels are refused so far (S_V, chi_V, TPB and transport would "
+                             "need per-axis weights)")
+    parser.add_argument("--unit", metavar="U",
+                        help="the voxel size's unit, for the JSON and the table (default: "
+                             "what the files record)")
     parser.add_argument("--plot", metavar="FILE.png", help="S2 curves (and sub-volume figures)")
     parser.add_argument("--sizes", action="store_true",
                         help="also each phase's mean local thickness (a radius: the largest "
@@ -331,14 +338,18 @@ def metrics_main(argv=None):
             raise MdiffError("--s2-max must be >= 0")
         if args.subvolume is not None and args.subvolume < 2:
             raise MdiffError("--subvolume must be at least 2")
-        if args.voxel_size is not None and not args.voxel_size > 0:
-            raise MdiffError("--voxel-size must be positive")
+        voxel_size = args.voxel_size
+        if voxel_size is not None:
+            if len(voxel_size) not in (1, 3) or not all(v > 0 for v in voxel_size):
+                raise MdiffError("--voxel-size takes one positive number or three (z,y,x), "
+                                 f"got {','.join(f'{v:g}' for v in voxel_size) or 'none'}")
+            voxel_size = voxel_size[0] if len(voxel_size) == 1 else voxel_size
         if args.plot:
             _check_plot_target(args.plot)
         result = report.measure(args.files, args.s2_max, args.boundary, args.subvolume,
-                                args.voxel_size, transport=args.transport,
+                                voxel_size, transport=args.transport,
                                 transport_tol=args.transport_tol, device=args.device,
-                                sizes=args.sizes)
+                                sizes=args.sizes, unit=args.unit)
         print(report.to_json(result) if args.json else report.format_report(result))
         if args.plot:
             report.plot(result, args.plot)

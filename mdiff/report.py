@@ -55,11 +55,49 @@ def _mean_std(values):
             "values": values.tolist()}
 
 
+def file_spacing(paths, metas, voxel_size=None, unit=None):
+    """The one isotropic voxel size (and its unit) the figures are scaled by: ``voxel_size``
+    where given, else what the files record (ImageJ or VTK spacing), else None (voxel units).
+    MdiffError for files of different spacing or non-cubic voxels, whose S_V, chi_V, TPB and
+    transport need per-axis weights that are not implemented yet."""
+    if voxel_size is None:
+        spacings = {tuple(round(float(v), 12) for v in m["voxel_size"])
+                    if m["voxel_size"] is not None else None for m in metas}
+        if len(spacings) > 1:
+            listed = "; ".join(f"{p}: {m['voxel_size'] or 'none recorded'}"
+                               for p, m in zip(paths, metas))
+            raise MdiffError(f"the files record different voxel sizes ({listed}); give one "
+                             "with --voxel-size to compare them, or resample")
+        voxel_size = spacings.pop()
+        units = {m["unit"] for m in metas if m["unit"]}
+        unit = unit or (units.pop() if len(units) == 1 else None)
+        source = f"{paths[0]} records a voxel size of"
+    else:
+        source = "--voxel-size"
+    if voxel_size is None:
+        return None, None
+    triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
+                                                                            voxel_size))
+    if max(triple) - min(triple) > 1e-6 * max(triple):
+        raise MdiffError(f"{source} {'x'.join(f'{v:g}' for v in triple)} (z, y, x): non-cubic "
+                         "voxels; mdiff-metrics measures cubic voxels only so far (S_V, chi_V, "
+                         "TPB and transport need per-axis weights); give --voxel-size 1 --unit "
+                         "voxel for figures in voxel units")
+    return triple[0], unit
+
+
 def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None, warn=None,
-            transport=False, transport_tol=None, device="cpu", sizes=False):
-    """Read and describe every file with one shared phase map; the ``--json`` object."""
+            transport=False, transport_tol=None, device="cpu", sizes=False, unit=None):
+    """Read and describe every file with one shared phase map; the ``--json`` object.
+    ``voxel_size`` (a number, or a (z, y, x) triple) and ``unit`` override what the files
+    record (``file_spacing``); with neither, lengths are in voxels."""
     warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
-    volumes = [read_volume(p) for p in paths]
+    volumes, metas = [], []
+    for p in paths:
+        volume, meta = read_volume(p, with_meta=True)
+        volumes.append(volume)
+        metas.append(meta)
+    voxel_size, unit = file_spacing(paths, metas, voxel_size, unit)
     label_sets = [set(label_counts(v)) for v in volumes]
     for path, labels in zip(paths, label_sets):
         if len(labels) > MAX_PHASES or len(paths) == 1:
@@ -74,6 +112,7 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
     result = {"mdiff_version": __version__, "boundary": boundary, "volumes": []}
     if voxel_size is not None:
         result["voxel_size"] = voxel_size
+        result["unit"] = unit
     kw = {"sizes": sizes}
     if transport:
         from .transport import DEFAULT_TOL
@@ -162,7 +201,8 @@ def _pct(x):
 def format_report(result):
     """The human-readable tables: one file alone, or files side by side with the first."""
     vols = result["volumes"]
-    unit = "voxel units" if "voxel_size" not in result else f"voxel size {result['voxel_size']}"
+    unit = "voxel units" if "voxel_size" not in result else \
+        f"voxel size {result['voxel_size']:g} {result.get('unit') or '(no unit recorded)'}"
     lines = []
     for v in vols:
         lines.append(f"{v['path']}: {'x'.join(map(str, v['shape']))} voxels, "

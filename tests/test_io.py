@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import tifffile
 
 import mdiff
+from mdiff import synth
 from mdiff.cli import metrics_main, train_main
 from mdiff.errors import MdiffError
 
@@ -110,3 +113,45 @@ def test_written_files_get_the_umask_permissions_not_private(tmp_path):
     for name in ("a.tif", "a.npy", "c.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "a.tif", "c.pt"]
+
+
+def _metrics_json(argv, capsys):
+    assert metrics_main(argv + ["--json", "--s2-max", "2"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_mdiff_metrics_takes_the_voxel_size_the_file_records(tmp_path, capsys):
+    volume = synth.generate((20, 20, 20), (0.6, 0.4), (0, 255), 2.0, seed=2)
+    mdiff.write_volume(tmp_path / "plain.tif", volume)
+    mdiff.write_volume(tmp_path / "um.tif", volume, voxel_size=0.5, unit="um")
+    plain = _metrics_json([str(tmp_path / "plain.tif")], capsys)
+    scaled = _metrics_json([str(tmp_path / "um.tif")], capsys)
+    assert "voxel_size" not in plain and scaled["voxel_size"] == 0.5 and scaled["unit"] == "um"
+    for a, b in zip(plain["volumes"][0]["phases"], scaled["volumes"][0]["phases"]):
+        assert b["volume_fraction"] == a["volume_fraction"]
+        assert b["specific_surface_area"] == pytest.approx(a["specific_surface_area"] / 0.5)
+        assert b["euler_density"] == pytest.approx(a["euler_density"] / 0.125)
+    given = _metrics_json([str(tmp_path / "um.tif"), "--voxel-size", "2", "--unit", "nm"],
+                          capsys)
+    assert given["voxel_size"] == 2.0 and given["unit"] == "nm"
+    assert given["volumes"][0]["phases"][0]["specific_surface_area"] == pytest.approx(
+        plain["volumes"][0]["phases"][0]["specific_surface_area"] / 2)
+
+
+@pytest.mark.parametrize("case", ["anisotropic file", "bad flag", "mixed files", "zero"])
+def test_mdiff_metrics_refuses_spacings_it_cannot_measure_in_one_line(tmp_path, capsys, case):
+    volume = synth.generate((12, 12, 12), (0.6, 0.4), (0, 255), 2.0, seed=2)
+    mdiff.write_volume(tmp_path / "fib.tif", volume, voxel_size=(0.03, 0.01, 0.01), unit="um")
+    mdiff.write_volume(tmp_path / "a.tif", volume, voxel_size=1.0, unit="um")
+    mdiff.write_volume(tmp_path / "b.tif", volume)
+    argv = {"anisotropic file": [str(tmp_path / "fib.tif")],
+            "bad flag": [str(tmp_path / "a.tif"), "--voxel-size", "1,2"],
+            "mixed files": [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")],
+            "zero": [str(tmp_path / "a.tif"), "--voxel-size", "0"]}[case]
+    assert metrics_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mdiff-metrics: error:")
+    assert "voxel" in err[0]
+    if case == "anisotropic file":  # the way out works
+        assert _metrics_json(argv + ["--voxel-size", "1", "--unit", "voxel"],
+                             capsys)["unit"] == "voxel"
