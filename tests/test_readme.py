@@ -22,7 +22,8 @@ README = ROOT / "README.md"
 SECTIONS = ("## Set-up on a fresh machine", "## Walk-through")
 # the docs pages, in the order they run (a page may use what an earlier one made)
 DOCS = ["commands.md", "metrics.md", "model.md", "composition.md", "large-volumes.md", "fast.md",
-        "from-2d.md", "judging.md", "extending.md", "coming-from.md", "faults.md"]
+        "from-2d.md", "judging.md", "extending.md", "coming-from.md", "faults.md",
+        "models.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", flags=re.S | re.M)
 
 
