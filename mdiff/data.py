@@ -13,6 +13,7 @@ import torch
 
 from .errors import MdiffError
 from .grid import grid_starts
+from .io import same_spacing
 from .phases import one_hot
 
 # the 48 symmetries of the cube: 6 axis permutations × 8 reflections
@@ -32,12 +33,8 @@ def spacing_symmetries(voxel_size):
     if voxel_size is None:
         return list(range(len(SYMMETRIES)))
     spacing = [float(v) for v in voxel_size]
-
-    def same(a, b):
-        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
-
     return [k for k, (perm, _) in enumerate(SYMMETRIES)
-            if all(same(spacing[perm[i]], spacing[i]) for i in range(3))]
+            if same_spacing([spacing[p] for p in perm], spacing)]
 
 
 def apply_symmetry(cube, index, symmetries=SYMMETRIES):

@@ -306,6 +306,15 @@ def _tifffile_says():
         logger.propagate = propagate
 
 
+def same_spacing(a, b):
+    """True for two voxel sizes (numbers, or (z, y, x) triples, or None) that agree to the
+    float32 precision the file formats store them in."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.broadcast_arrays(np.asarray(a, float), np.asarray(b, float))
+    return bool(np.all(np.abs(a - b) <= 1e-6 * np.maximum(np.abs(a), np.abs(b))))
+
+
 def _tiff_voxel_size(tif):
     """(z, y, x) voxel size from ImageJ metadata and resolution tags, or None."""
     meta = {"voxel_size": None, "unit": None}

@@ -15,7 +15,7 @@ from ._version import __version__
 from .errors import MdiffError
 from .figures import of_phase
 from .grid import grid_cubes
-from .io import read_volume
+from .io import read_volume, same_spacing
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
 from .stats import effect_size
 
@@ -61,14 +61,12 @@ def file_spacing(paths, metas, voxel_size=None, unit=None):
     MdiffError for files of different spacing or non-cubic voxels, whose S_V, chi_V, TPB and
     transport need per-axis weights that are not implemented yet."""
     if voxel_size is None:
-        spacings = {tuple(round(float(v), 12) for v in m["voxel_size"])
-                    if m["voxel_size"] is not None else None for m in metas}
-        if len(spacings) > 1:
+        if not all(same_spacing(m["voxel_size"], metas[0]["voxel_size"]) for m in metas):
             listed = "; ".join(f"{p}: {m['voxel_size'] or 'none recorded'}"
                                for p, m in zip(paths, metas))
             raise MdiffError(f"the files record different voxel sizes ({listed}); give one "
                              "with --voxel-size to compare them, or resample")
-        voxel_size = spacings.pop()
+        voxel_size = metas[0]["voxel_size"]
         units = {m["unit"] for m in metas if m["unit"]}
         unit = unit or (units.pop() if len(units) == 1 else None)
         source = f"{paths[0]} records a voxel size of"
@@ -78,7 +76,7 @@ def file_spacing(paths, metas, voxel_size=None, unit=None):
         return None, None
     triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
                                                                             voxel_size))
-    if max(triple) - min(triple) > 1e-6 * max(triple):
+    if not same_spacing(triple, triple[0]):
         raise MdiffError(f"{source} {'x'.join(f'{v:g}' for v in triple)} (z, y, x): non-cubic "
                          "voxels; mdiff-metrics measures cubic voxels only so far (S_V, chi_V, "
                          "TPB and transport need per-axis weights); give --voxel-size 1 --unit "

@@ -27,7 +27,7 @@ from .config import OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, ov
 from .data import PLANES, SYMMETRIES, CubeDataset, ImageDataset, spacing_symmetries, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import atomic_path, check_image, check_volume, read_labels
+from .io import atomic_path, check_image, check_volume, read_labels, same_spacing
 from .phases import PhaseMap, check_labels, label_counts
 from .runtime import PRECISIONS, autocast, busy_warning, resolve_device  # noqa: F401
 from .unet import UNet
@@ -75,19 +75,12 @@ def load_volumes(paths, phases=None, example=False, planes=None):
                              f"{list(maps[0].labels)}; all training data need the same phases")
     spaced = [(name, meta) for name, meta, a in zip(names, metas, arrays) if a.ndim == 3]
     for name, meta in spaced[1:]:
-        if not _same_spacing(meta["voxel_size"], spaced[0][1]["voxel_size"]):
+        if not same_spacing(meta["voxel_size"], spaced[0][1]["voxel_size"]):
             raise MdiffError(f"{name}: voxel size {meta['voxel_size']} differs from "
                              f"{spaced[0][0]}'s {spaced[0][1]['voxel_size']}; resample the "
                              "volumes to one spacing first")
     tags = [None if plane is None else PLANES.index(plane) for _, plane in named]
     return arrays, maps[0], {**metas[0], "label_counts": totals}, names, tags
-
-
-def _same_spacing(a, b):
-    if a is None or b is None:
-        return a is None and b is None
-    return all(abs(float(u) - float(v)) <= 1e-6 * max(abs(float(u)), abs(float(v)))
-               for u, v in zip(a, b))
 
 
 def image_data(arrays, tags, planes, log):
