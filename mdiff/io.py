@@ -316,10 +316,14 @@ def same_spacing(a, b):
 
 
 def _tiff_voxel_size(tif):
-    """(z, y, x) voxel size from ImageJ metadata and resolution tags, or None."""
+    """(z, y, x) voxel size from ImageJ metadata and resolution tags, or None. The resolution
+    tags of a TIFF without ImageJ metadata are not read as a voxel size: programs write 72 dpi
+    there by default, which says nothing about a tomogram's voxels."""
     meta = {"voxel_size": None, "unit": None}
     page = tif.pages[0]
     ij = tif.imagej_metadata or {}
+    if "unit" not in ij and "spacing" not in ij:
+        return meta
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
         return meta

@@ -155,3 +155,14 @@ def test_mdiff_metrics_refuses_spacings_it_cannot_measure_in_one_line(tmp_path, 
     if case == "anisotropic file":  # the way out works
         assert _metrics_json(argv + ["--voxel-size", "1", "--unit", "voxel"],
                              capsys)["unit"] == "voxel"
+
+
+def test_a_plain_tiffs_dpi_is_not_a_voxel_size(tmp_path):
+    """Resolution tags without ImageJ metadata (72 dpi by many programs' default) stay
+    voxel units; mdiff's own TIFFs keep theirs."""
+    volume = np.zeros((4, 5, 6), np.uint8)
+    tifffile.imwrite(tmp_path / "dpi.tif", volume, resolution=(72, 72), resolutionunit="INCH")
+    assert mdiff.read_volume(tmp_path / "dpi.tif", with_meta=True)[1]["voxel_size"] is None
+    mdiff.write_volume(tmp_path / "own.tif", volume, voxel_size=(2.0, 0.5, 0.5), unit="um")
+    meta = mdiff.read_volume(tmp_path / "own.tif", with_meta=True)[1]
+    np.testing.assert_allclose(meta["voxel_size"], (2.0, 0.5, 0.5))
