@@ -151,8 +151,6 @@ class ImageDataset:
         self.patch = patch
         self.stride = stride
         self.augment = augment
-        # indices into SYMMETRIES that augmentation draws from (spacing_symmetries)
-        self.symmetries = list(range(len(SYMMETRIES))) if symmetries is None else symmetries
         if stride > 0:
             self.positions = _Grid([image.shape for image in self.images], patch, stride)
 
