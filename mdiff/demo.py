@@ -18,7 +18,7 @@ def _say(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def _shipped_model_first(out, device, name="nmc-cathode", size=48):
+def _shipped_model_first(out, device, name="nmc-cathode", size=32):
     """The demo's opening: a model that ships with mdiff generates a volume before any
     training, so the first thing a user sees is a volume of a real material."""
     import time

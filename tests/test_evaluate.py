@@ -118,7 +118,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "mdiff-train --resume" in printed.err
     # it opens with a shipped model's volume, before any training
     assert printed.err.index("[0/3] the shipped model nmc-cathode") < printed.err.index("[1/3]")
-    assert read_volume(out / "nmc-cathode.tif").shape == (48, 48, 48)
+    assert read_volume(out / "nmc-cathode.tif").shape == (32, 32, 32)
 
 
 def test_demo_bad_steps_is_one_line(tmp_path, capsys):
