@@ -108,8 +108,8 @@ def _train_parser():
     from .config import PRESETS
 
     parser = _parser("mdiff-train", "Train a 3D denoising diffusion model on segmented volumes "
-                     "(cubes cut from the label volume, one-hot encoded, 48 cube symmetries, or those "
-                     "of its voxel spacing where the file records non-cubic voxels), "
+                     "(cubes cut from the label volume, one-hot encoded, 48 cube symmetries, "
+                     "or those of its voxel spacing where the file records non-cubic voxels), "
                      "or a 2D model on segmented 2D images (patches, 8 square symmetries) that "
                      "mdiff-sample turns into 3D volumes by multi-plane denoising.")
     parser.add_argument("data", nargs="*", metavar="DATA.tif",
