@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from mdiff import checkpoint, pretrained
-from mdiff.io import atomic_path
+from mdiff.io import atomic_path, spacing_text
 
 KEEP = ("unet", "diffusion", "train", "labels", "patch", "voxel_size", "unit", "descriptors",
         "image_fractions", "step", "seed")
@@ -38,7 +38,7 @@ def main(argv=None):
                     "phases": len(state["labels"]), "labels": list(state["labels"]),
                     "patch": int(state["patch"]), "step": int(state["step"]),
                     "voxel": "voxel units" if voxel is None else
-                    f"{'x'.join(f'{v:g}' for v in voxel)} {state.get('unit') or ''}".strip(),
+                    f"{spacing_text(voxel)} {state.get('unit') or ''}".strip(),
                     "data": args.data, "summary": args.summary})
     with atomic_path(pretrained.FOLDER / "index.json") as tmp:
         Path(tmp).write_text(json.dumps(sorted(entries, key=lambda e: e["name"]), indent=1) + "\n")

@@ -306,6 +306,11 @@ def _tifffile_says():
         logger.propagate = propagate
 
 
+def spacing_text(voxel_size):
+    """A (z, y, x) voxel size as people write it: ``0.03x0.01x0.01``."""
+    return "x".join(f"{float(v):g}" for v in voxel_size)
+
+
 def same_spacing(a, b):
     """True for two voxel sizes (numbers, or (z, y, x) triples, or None) that agree to the
     float32 precision the file formats store them in."""

@@ -15,7 +15,7 @@ from ._version import __version__
 from .errors import MdiffError
 from .figures import of_phase
 from .grid import grid_cubes
-from .io import read_volume, same_spacing
+from .io import read_volume, same_spacing, spacing_text
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
 from .stats import effect_size
 
@@ -77,7 +77,7 @@ def file_spacing(paths, metas, voxel_size=None, unit=None):
     triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
                                                                             voxel_size))
     if not same_spacing(triple, triple[0]):
-        raise MdiffError(f"{source} {'x'.join(f'{v:g}' for v in triple)} (z, y, x): non-cubic "
+        raise MdiffError(f"{source} {spacing_text(triple)} (z, y, x): non-cubic "
                          "voxels; mdiff-metrics measures cubic voxels only so far (S_V, chi_V, "
                          "TPB and transport need per-axis weights); give --voxel-size 1 --unit "
                          "voxel for figures in voxel units")

@@ -27,7 +27,8 @@ from .config import OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, ov
 from .data import PLANES, SYMMETRIES, CubeDataset, ImageDataset, spacing_symmetries, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
-from .io import atomic_path, check_image, check_volume, read_labels, same_spacing
+from .io import atomic_path, check_image, check_volume, read_labels, same_spacing, \
+    spacing_text
 from .phases import PhaseMap, check_labels, label_counts
 from .runtime import PRECISIONS, autocast, busy_warning, resolve_device  # noqa: F401
 from .unet import UNet
@@ -376,7 +377,7 @@ def _dataset(run, arrays, tags, log):
     if run.tcfg.augment and len(symmetries) < len(SYMMETRIES):
         kept = "the 8 reflections only" if len(symmetries) == 8 else (
             f"{len(symmetries)} (the reflections, and swaps of the axes of equal spacing)")
-        log(f"mdiff-train: voxel size {'x'.join(f'{v:g}' for v in spacing)} (z, y, x) is not "
+        log(f"mdiff-train: voxel size {spacing_text(spacing)} (z, y, x) is not "
             f"cubic: of the 48 cube symmetries, training keeps {kept}")
     return CubeDataset(arrays, run.phase_map, run.tcfg.patch, run.tcfg.stride, run.tcfg.augment,
                        run.names, symmetries)

@@ -74,3 +74,13 @@ def test_a_file_path_that_exists_wins_over_a_name(tmp_path, monkeypatch):
     Path(MODELS[0]).write_bytes(b"not a checkpoint")
     with pytest.raises(mdiff.MdiffError, match="not an mdiff checkpoint"):
         mdiff.load(MODELS[0])
+
+
+def test_a_damaged_index_is_one_line(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "index.json").write_text("{not json")
+    monkeypatch.setattr(pretrained, "FOLDER", folder)
+    assert models_main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "index.json is damaged" in err[0]

@@ -19,9 +19,12 @@ def index():
     """{name: entry} of the shipped models (empty when the package carries none)."""
     try:
         entries = json.loads((FOLDER / "index.json").read_text())
+        return {e["name"]: e for e in entries}
     except FileNotFoundError:
         return {}
-    return {e["name"]: e for e in entries}
+    except (ValueError, TypeError, KeyError):
+        raise MdiffError(f"{FOLDER / 'index.json'} is damaged (not the index of shipped "
+                         "models); reinstall mdiff") from None
 
 
 def looks_like_name(text):
