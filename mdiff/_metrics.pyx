@@ -134,24 +134,29 @@ def window_counts(const label_t[:, :, :] vol, const uint8_t[::1] lut, int n, bin
     hist[p, m]    windows whose voxels of phase p form the 8-bit configuration m;
     pairs[k, p]   voxel pairs along direction k (PAIR_OFFSETS) inside the window (or wrapped)
                   whose two voxels differ, one of them of phase p;
-    tpb           lattice edges with four voxels inside and three or more phases among them;
-    triples       (n, n, n) per sorted triple of phases, or None.
+    tpb           (3,) lattice edges along z, y and x with four voxels inside and three or
+                  more phases among them;
+    triples       (3, n, n, n) per edge axis and sorted triple of phases, or None.
     Lattice planes run over 0..D (closed) or 0..D-1 (periodic)."""
     cdef Py_ssize_t H = vol.shape[1], W = vol.shape[2], S = W + 2
     cdef Py_ssize_t a, b, c, b_end = H if periodic else H + 1, c_end = W if periodic else W + 1
     hist_arr = np.zeros((n, 256), dtype=np.int64)
     pairs_arr = np.zeros((13, n), dtype=np.int64)
     uniform_arr = np.zeros(256, dtype=np.int64)
-    triples_arr = np.zeros((n, n, n), dtype=np.int64) if want_triples else None
+    triples_arr = np.zeros((3, n, n, n), dtype=np.int64) if want_triples else None
     cdef int64_t[:, ::1] hist = hist_arr
     cdef int64_t[:, ::1] pairs = pairs_arr
     cdef int64_t[::1] uniform = uniform_arr
     cdef int64_t* triples = NULL
-    cdef int64_t[:, :, ::1] triples_view
+    cdef int64_t[:, :, :, ::1] triples_view
+    cdef Py_ssize_t per_axis = n * n * n if want_triples else 0
     if want_triples:
         triples_view = triples_arr
-        triples = &triples_view[0, 0, 0]
-    cdef int64_t tpb = 0
+        triples = &triples_view[0, 0, 0, 0]
+    cdef int64_t tpb[3]
+    tpb[0] = 0
+    tpb[1] = 0
+    tpb[2] = 0
     cdef uint8_t v[8]
     cdef uint8_t p, q
     cdef int k, j, m, seen
@@ -211,13 +216,13 @@ def window_counts(const label_t[:, :, :] vol, const uint8_t[::1] lut, int n, bin
                             pairs[k, p] += 1
                             pairs[k, q] += 1
                     if n >= 3:
-                        _edge_phases(v, 0, n, &tpb, triples)
-                        _edge_phases(v, 1, n, &tpb, triples)
-                        _edge_phases(v, 2, n, &tpb, triples)
+                        _edge_phases(v, 0, n, &tpb[0], triples)
+                        _edge_phases(v, 1, n, &tpb[1], triples + per_axis)
+                        _edge_phases(v, 2, n, &tpb[2], triples + 2 * per_axis)
     free(lower)
     free(upper)
     hist_arr[:, 255] += uniform_arr[:n]
-    return hist_arr, pairs_arr, int(tpb), triples_arr
+    return hist_arr, pairs_arr, np.array([tpb[0], tpb[1], tpb[2]], dtype=np.int64), triples_arr
 
 
 def pack_phases(const label_t[:, :, :] vol, const uint8_t[::1] lut, int p0,
@@ -471,6 +476,8 @@ def cluster_sizes(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
 cdef enum:
     EDT_FAR = 2147483647  # a squared distance no window reaches: no voxel of another phase
 
+cdef double EDT_FAR_W = 1e300  # the same for the spaced transform (double)
+
 
 cdef void _parabolas(int64_t* f, int64_t* d, Py_ssize_t* v, double* zs,
                      Py_ssize_t n) noexcept nogil:
@@ -628,3 +635,139 @@ cdef inline Py_ssize_t _isqrt(int64_t n) noexcept nogil:
     while r * r > n:
         r -= 1
     return r
+
+
+# ---------------------------------------------------------------------------------------------
+# The same two transforms for non-cubic voxels: squared lengths in the unit of the spacing, in
+# double precision (a lattice of spacings 0.03 x 0.01 x 0.01 has no integer squared distances).
+
+cdef void _parabolas_w(double* f, double* d, Py_ssize_t* v, double* zs, Py_ssize_t n,
+                       double w) noexcept nogil:
+    """d[q] = min over p of w (q − p)² + f[p] on one line: ``_parabolas`` with the squared
+    spacing ``w`` of the line's axis; EDT_FAR_W where no f[p] is finite."""
+    cdef Py_ssize_t q, k = -1, j = 0
+    cdef double s = 0.0
+    for q in range(n):
+        if f[q] >= EDT_FAR_W:
+            continue
+        while k >= 0:
+            s = ((f[q] + w * q * q) - (f[v[k]] + w * v[k] * v[k])) / (2.0 * w * (q - v[k]))
+            if s <= zs[k]:
+                k -= 1
+            else:
+                break
+        k += 1
+        v[k] = q
+        zs[k] = -1e300 if k == 0 else s
+        zs[k + 1] = 1e300
+    if k < 0:
+        for q in range(n):
+            d[q] = EDT_FAR_W
+        return
+    for q in range(n):
+        while zs[j + 1] < q:
+            j += 1
+        d[q] = w * (q - v[j]) * (q - v[j]) + f[v[j]]
+
+
+cdef void _edt_line_w(double* line, Py_ssize_t n, Py_ssize_t stride, double* f, double* d,
+                      Py_ssize_t* v, double* zs, double w) noexcept nogil:
+    cdef Py_ssize_t q
+    for q in range(n):
+        f[q] = line[q * stride]
+    _parabolas_w(f, d, v, zs, n, w)
+    for q in range(n):
+        line[q * stride] = d[q]
+
+
+EDT_FAR_SPACED = EDT_FAR_W
+
+
+def edt_squared_spaced(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
+                       double wz, double wy, double wx, double[:, :, ::1] out):
+    """``edt_squared`` on a lattice of squared spacings (wz, wy, wx): the squared physical
+    distance to the centre of the nearest voxel of another phase (EDT_FAR_W where the window
+    holds none)."""
+    cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
+    cdef Py_ssize_t n = max(D, max(H, W))
+    cdef double* f = <double*> malloc(n * sizeof(double))
+    cdef double* d = <double*> malloc(n * sizeof(double))
+    cdef Py_ssize_t* v = <Py_ssize_t*> malloc(n * sizeof(Py_ssize_t))
+    cdef double* zs = <double*> malloc((n + 1) * sizeof(double))
+    if f == NULL or d == NULL or v == NULL or zs == NULL:
+        free(f); free(d); free(v); free(zs)
+        raise MemoryError("edt_squared_spaced: line buffers")
+    cdef double* base = &out[0, 0, 0]
+    with nogil:
+        for a in range(D):
+            for b in range(H):
+                for c in range(W):
+                    out[a, b, c] = EDT_FAR_W if lut[vol[a, b, c]] == phase else 0.0
+        for a in range(D):
+            for b in range(H):
+                _edt_line_w(base + (a * H + b) * W, W, 1, f, d, v, zs, wx)
+        for a in range(D):
+            for c in range(W):
+                _edt_line_w(base + a * H * W + c, H, W, f, d, v, zs, wy)
+        for b in range(H):
+            for c in range(W):
+                _edt_line_w(base + b * W + c, D, H * W, f, d, v, zs, wz)
+    free(f); free(d); free(v); free(zs)
+    return out
+
+
+def local_thickness_spaced(const double[:, :, ::1] d2, double wz, double wy, double wx,
+                           double[:, :, ::1] out):
+    """``local_thickness_squared`` on a lattice of squared spacings (wz, wy, wx): for every
+    voxel the largest R² among the open balls |p − c|² < R(c)² = d2[c] (physical lengths)
+    that hold it; 0 elsewhere. A squared length within a relative 1e-9 of R² counts as on
+    the sphere, so outside (the rounding of two sums in different orders is far below it).
+
+    A centre is skipped when a neighbour's ball holds its whole ball by the triangle
+    inequality (R' ≥ R + the neighbour's distance): a weaker test than the isotropic kernel's
+    lattice-exact one, so more balls are painted, with the same result."""
+    cdef Py_ssize_t D = d2.shape[0], H = d2.shape[1], W = d2.shape[2]
+    cdef Py_ssize_t a, b, c, i, j, k, ri, rj, rk
+    cdef double r2, limit, left_a, left_b, rad, step
+    cdef bint ridge
+    with nogil:
+        for a in range(D):
+            for b in range(H):
+                for c in range(W):
+                    out[a, b, c] = 0.0
+        for a in range(D):
+            for b in range(H):
+                for c in range(W):
+                    r2 = d2[a, b, c]
+                    if r2 <= 0.0:
+                        continue
+                    rad = sqrt(r2)
+                    ridge = True
+                    for i in range(-1, 2):
+                        for j in range(-1, 2):
+                            for k in range(-1, 2):
+                                if (i == 0 and j == 0 and k == 0) or a + i < 0 or b + j < 0 \
+                                        or c + k < 0 or a + i >= D or b + j >= H or c + k >= W:
+                                    continue
+                                step = sqrt(i * i * wz + j * j * wy + k * k * wx)
+                                if sqrt(d2[a + i, b + j, c + k]) >= rad + step:
+                                    ridge = False
+                    if not ridge:
+                        continue
+                    limit = r2 * (1.0 - 1e-9)
+                    ri = <Py_ssize_t> sqrt(limit / wz)
+                    for i in range(max(-ri, -a), min(ri, D - 1 - a) + 1):
+                        left_a = limit - i * i * wz
+                        if left_a <= 0.0 and i != 0:
+                            continue
+                        rj = <Py_ssize_t> sqrt(max(left_a, 0.0) / wy)
+                        for j in range(max(-rj, -b), min(rj, H - 1 - b) + 1):
+                            left_b = left_a - j * j * wy
+                            if left_b <= 0.0 and (i != 0 or j != 0):
+                                continue
+                            rk = <Py_ssize_t> sqrt(max(left_b, 0.0) / wx)
+                            for k in range(max(-rk, -c), min(rk, W - 1 - c) + 1):
+                                if i * i * wz + j * j * wy + k * k * wx < limit \
+                                        and out[a + i, b + j, c + k] < r2:
+                                    out[a + i, b + j, c + k] = r2
+    return out

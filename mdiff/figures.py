@@ -27,7 +27,8 @@ class Figure:
     transport: bool = False  # measured with --transport only (per axis; a cube's value is
     # the mean over the axes, and 0 for a phase that is absent)
     higher_is_better: object = None  # True, False or None (no direction)
-    measure: object = None  # measure(volume, phase_map, i, periodic) -> float, or None
+    measure: object = None  # measure(volume, phase_map, i, periodic, spacing=None) -> float
+    # (voxel units; in the spacing's unit for non-cubic voxels (z, y, x)), or None
     extra: str = ""  # "sizes": measured only when asked (describe(sizes=True), mdiff-metrics
     # --sizes; mdiff-evaluate always, on its small cubes), "" always
     help: str = ""
@@ -68,23 +69,30 @@ POWERS = {"": 0, "length": 1, "1/length": -1, "1/volume": -3}  # of the voxel si
 
 def measured(volume, phase_map, periodic, voxel_size=1.0, extras=()):
     """The figures with their own ``measure`` (those with an ``extra`` only when it is in
-    ``extras``): {key: [value of each phase]}, measured in voxel units and scaled to
-    ``voxel_size`` by their unit."""
-    return {f.key: [f.measure(volume, phase_map, i, periodic) * voxel_size ** POWERS[f.unit]
-                    for i in range(phase_map.n)]
-            for f in FIGURES.values() if f.measure is not None and f.extra in ("", *extras)}
+    ``extras``): {key: [value of each phase]}. On cubic voxels (``voxel_size`` one number or
+    three equal) measured in voxel units and scaled by their unit; on non-cubic voxels (z, y,
+    x) measured in physical lengths by the measure itself."""
+    spacing = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
+                                                                             voxel_size))
+    cubic = spacing[0] == spacing[1] == spacing[2]
+    rows = [f for f in FIGURES.values() if f.measure is not None and f.extra in ("", *extras)]
+    if cubic:
+        return {f.key: [f.measure(volume, phase_map, i, periodic) * spacing[0] ** POWERS[f.unit]
+                        for i in range(phase_map.n)] for f in rows}
+    return {f.key: [f.measure(volume, phase_map, i, periodic, spacing=spacing)
+                    for i in range(phase_map.n)] for f in rows}
 
 
-def _thickness(volume, phase_map, i, periodic):
+def _thickness(volume, phase_map, i, periodic, spacing=None):
     from . import sizes
 
-    return sizes.mean_thickness(volume, phase_map, i, periodic)
+    return sizes.mean_thickness(volume, phase_map, i, periodic, spacing)
 
 
-def _chord(volume, phase_map, i, periodic):
+def _chord(volume, phase_map, i, periodic, spacing=None):
     from . import sizes
 
-    return sizes.mean_chord(volume, phase_map, i, periodic)
+    return sizes.mean_chord(volume, phase_map, i, periodic, spacing)
 
 
 register("volume_fraction", "phi", "{:.4f}", help="volume fraction")

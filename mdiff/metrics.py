@@ -11,6 +11,8 @@ pass for S2; both run in threads over z-chunks with the GIL released. Nothing co
 in float or per phase in int64: the largest allocation is the bit-packed masks, N/8 bytes per
 phase (phases are packed in groups under ``PACK_BUDGET`` bytes).
 """
+import functools
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +72,8 @@ def _boundary(boundary):
 
 
 def window_counts(volume, phase_map, periodic=False, triples=False, threads=None):
-    """Summed window statistics: (euler (n, 4) int64 [V, E, F, C], pairs (13, n), tpb, triples)."""
+    """Summed window statistics: (euler (n, 4) int64 [V, E, F, C], pairs (13, n), tpb (3,):
+    triple-phase edges along z, y and x, triples (3, n, n, n) per edge axis, or None)."""
     lut = phase_map.lut(volume.dtype)
     planes = volume.shape[0] if periodic else volume.shape[0] + 1
     parts = _in_chunks(lambda a0, a1: _metrics.window_counts(
@@ -90,16 +93,87 @@ def pairs_examined(shape, periodic=False):
                      for off in _metrics.PAIR_OFFSETS])
 
 
-def crofton_area(pairs, shape, periodic=False):
-    """Surface area (voxel² units) from crossing counts (13, ...) by the discrete Crofton formula.
+def spacing_triple(voxel_size):
+    """(z, y, x) floats of a voxel size given as None (1), one number or three."""
+    if voxel_size is None:
+        return (1.0, 1.0, 1.0)
+    if np.isscalar(voxel_size):
+        return (float(voxel_size),) * 3
+    triple = tuple(float(v) for v in voxel_size)
+    if len(triple) != 3 or not all(v > 0 and math.isfinite(v) for v in triple):
+        raise MdiffError(f"a voxel size is one positive number or three (z, y, x), got "
+                         f"{voxel_size!r}")
+    return triple
 
-    S_V = 2 Σ_k γ_k I_k / (N_k δ_k) (discrete Crofton formula); area = S_V · N.
+
+def is_cubic(spacing):
+    return spacing[0] == spacing[1] == spacing[2]
+
+
+@functools.lru_cache(maxsize=64)
+def crofton_weights(spacing=(1.0, 1.0, 1.0)):
+    """(γ_k, δ_k) of the 13 lattice directions of a lattice of spacing (z, y, x).
+
+    γ_k is the share of the unit sphere nearer to ±the direction's physical step than to any
+    other of the 26 (its two spherical Voronoi cells, computed exactly: the cell's vertices are
+    the points equidistant from three directions and no nearer to a fourth, the area the sum
+    of its spherical triangles, Van Oosterom & Strackee 1983); δ_k the step's physical length.
+    On cubic voxels the published weights (Ohser & Mücklich 2000) are used, so that cubic
+    figures stay what they were; the computed ones agree with them to 1e-6."""
+    h = np.asarray(spacing, dtype=float)
+    if is_cubic(spacing):
+        return CROFTON_WEIGHTS, STEP_LENGTHS * h[0]
+    steps = np.array(_metrics.PAIR_OFFSETS, dtype=float) * h
+    lengths = np.linalg.norm(steps, axis=1)
+    units = steps / lengths[:, None]
+    points = np.concatenate([units, -units])
+    areas = np.array([_voronoi_cell_area(points[k], np.delete(points, k, axis=0))
+                      for k in range(13)])
+    return 2.0 * areas / (4.0 * math.pi), lengths
+
+
+def _voronoi_cell_area(p, others):
+    """Area of the spherical Voronoi cell of unit vector ``p`` among ``others``."""
+    corners = []
+    for q, r in itertools.combinations(others, 2):
+        n = np.cross(p - q, p - r)
+        norm = np.linalg.norm(n)
+        if norm < 1e-12:
+            continue
+        n = n / norm if n @ p >= 0 else -n / norm
+        if np.all(others @ n <= n @ p + 1e-10) and not any(
+                np.allclose(n, c, atol=1e-9) for c in corners):
+            corners.append(n)
+    a = np.cross(p, [0.3, 0.5, 0.7])
+    a /= np.linalg.norm(a)
+    b = np.cross(p, a)
+    corners.sort(key=lambda c: math.atan2(c @ b, c @ a))
+    area = 0.0
+    for c1, c2 in zip(corners, corners[1:] + corners[:1]):
+        area += 2.0 * math.atan2(abs(p @ np.cross(c1, c2)), 1.0 + p @ c1 + c1 @ c2 + c2 @ p)
+    return area
+
+
+def crofton_area(pairs, shape, periodic=False, spacing=(1.0, 1.0, 1.0)):
+    """Surface area from crossing counts (13, ...) by the discrete Crofton formula, in the
+    square of the spacing's unit (voxel² without one).
+
+    S_V = 2 Σ_k γ_k I_k / (N_k δ_k) (discrete Crofton formula, with the weights and step
+    lengths of the lattice: ``crofton_weights``); area = S_V · N · (voxel volume).
     """
+    gamma, delta = crofton_weights(tuple(float(v) for v in spacing))
     n_k = pairs_examined(shape, periodic)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_length = np.where(n_k > 0, 1.0 / (n_k * STEP_LENGTHS), 0.0)
-    weights = 2.0 * CROFTON_WEIGHTS * per_length * float(np.prod(shape))
+        per_length = np.where(n_k > 0, 1.0 / (n_k * delta), 0.0)
+    weights = 2.0 * gamma * per_length * float(np.prod(shape)) * float(np.prod(spacing))
     return np.tensordot(weights, pairs, axes=(0, 0))
+
+
+def face_area(pairs, spacing=(1.0, 1.0, 1.0)):
+    """Area of the voxel faces between a phase and the others (pairs (13, ...)): faces normal
+    to z count hy·hx, to y hz·hx, to x hz·hy."""
+    hz, hy, hx = spacing
+    return pairs[0] * (hy * hx) + pairs[1] * (hz * hx) + pairs[2] * (hz * hy)
 
 
 def _s2_offsets(length, r_max, periodic):
@@ -177,18 +251,20 @@ def euler_counts(mask, periodic=False):
     return tuple(int(v) for v in euler[1])
 
 
-def surface_area(mask, method="crofton", periodic=False):
-    """Area of the mask's boundary with the rest of the window, in voxel² units (float).
+def surface_area(mask, method="crofton", periodic=False, voxel_size=None):
+    """Area of the mask's boundary with the rest of the window (float), in voxel² units, or
+    in the square of ``voxel_size``'s unit (one number, or (z, y, x) for non-cubic voxels).
 
     ``faces`` counts voxel faces (≈ 1.5× a smooth surface); ``crofton`` is the 13-direction
     Crofton estimate (≈ 1.02× for a ball of radius 16). Window faces are not counted unless
     ``periodic``."""
     volume, phases = _mask_volume(mask)
+    spacing = spacing_triple(voxel_size)
     pairs = window_counts(volume, phases, periodic)[1][:, 1]
     if method == "faces":
-        return float(pairs[:3].sum())
+        return float(face_area(pairs, spacing))
     if method == "crofton":
-        return float(crofton_area(pairs, volume.shape, periodic))
+        return float(crofton_area(pairs, volume.shape, periodic, spacing))
     raise MdiffError(f"surface_area method must be 'crofton' or 'faces', got {method!r}")
 
 
@@ -218,13 +294,15 @@ def two_point_correlation(mask, r_max, periodic=False):
 # Whole report
 
 
-def _add_transport(phases, volume, phase_map, tol, device, log, periodic=False):
+def _add_transport(phases, volume, phase_map, tol, device, log, periodic=False,
+                   spacing=(1.0, 1.0, 1.0)):
     """Each phase entry's "transport": per axis its figures, τ = ∞ as None (JSON)."""
     from . import transport as tr
 
     tol = tr.DEFAULT_TOL if tol is None else tol
     for i, (phase, per_axis) in enumerate(zip(phases, tr.transport(
-            volume, phase_map, tol=tol, device=device, log=log, periodic=periodic))):
+            volume, phase_map, tol=tol, device=device, log=log, periodic=periodic,
+            voxel_size=spacing))):
         phase["transport"] = {axis: {k: (None if v == math.inf else v) for k, v in f.items()}
                               for axis, f in per_axis.items()}
         phase["clusters"] = tr.cluster_summary(tr.cluster_sizes(
@@ -232,17 +310,21 @@ def _add_transport(phases, volume, phase_map, tol, device, log, periodic=False):
         phase["largest_cluster_fraction"] = phase["clusters"]["largest_fraction"]
 
 
-def _add_distributions(phases, volume, phase_map, scale):
+def _add_distributions(phases, volume, phase_map, spacing):
     """Each phase's thickness and chord-length distributions, in length units."""
     from . import sizes as size_kernels
 
+    cubic = is_cubic(spacing)
     for i, phase in enumerate(phases):
-        dist = size_kernels.thickness_distribution(volume, phase_map, i)
+        dist = size_kernels.thickness_distribution(volume, phase_map, i,
+                                                   None if cubic else spacing)
+        scale = spacing[0] if cubic else 1.0  # the spaced distribution is physical already
         phase["thickness_distribution"] = None if dist is None else {
             "radius": [r * scale for r in dist["radius"]], "share": dist["share"]}
         phase["chord_length_distribution"] = {
-            axis: {"length": [n * scale for n in d["length"]], "count": d["count"]}
-            for axis, d in size_kernels.chord_distribution(volume, phase_map, i).items()}
+            axis: {"length": [n * h for n in d["length"]], "count": d["count"]}
+            for (axis, d), h in zip(size_kernels.chord_distribution(volume, phase_map,
+                                                                    i).items(), spacing)}
 
 
 def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=None, path=None,
@@ -250,8 +332,13 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
              sizes=False, distributions=False):
     """All figures of every phase: one entry of the ``volumes`` list of ``mdiff-metrics --json``.
 
-    ``s2_max`` is clipped to the smallest axis length − 1. With ``voxel_size`` (isotropic, in
-    any unit), S_V is per unit length and χ_V per unit volume; S2 keeps voxel steps.
+    ``s2_max`` is clipped to the smallest axis length − 1. With ``voxel_size`` (one number,
+    or (z, y, x) for non-cubic voxels, in any unit), S_V is per unit length, χ_V and TPB per
+    unit volume, sizes in that unit, and the entry's ``"s2_step"`` says the length of one S2
+    lag along z, y and x (S2 is listed by lag). Non-cubic voxels are measured exactly: Crofton
+    weights of the stretched lattice (``crofton_weights``), faces and triple-phase edges by
+    their own areas and lengths, the diffusion solve's conductances per axis, the distance
+    transform and balls in physical lengths.
     ``transport``: also each phase's ``"transport"``, per axis z, y, x: percolating and isolated
     fractions (6-connectivity), D_eff/D and τ (``None`` when nothing percolates, i.e. τ = ∞),
     with the solver's iterations, flux spread and convergence (``mdiff.transport``), and its
@@ -275,9 +362,11 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
     n_vox = float(volume.size)
     euler, pairs, tpb, triples = window_counts(volume, phase_map, periodic,
                                                triples=3 < phase_map.n <= 32, threads=threads)
-    area = crofton_area(pairs, volume.shape, periodic)
+    spacing = spacing_triple(voxel_size)
+    cell = float(np.prod(spacing))  # a voxel's volume
+    area = crofton_area(pairs, volume.shape, periodic, spacing)
+    faces = face_area(pairs, spacing)
     s2 = s2_counts(volume, phase_map, r_max, periodic, threads) if r_max >= 0 else None
-    scale = 1.0 if voxel_size is None else float(voxel_size)
     phases = []
     for i, label in enumerate(phase_map.labels):
         v, e, f, c = (int(x) for x in euler[i])
@@ -285,33 +374,37 @@ def describe(volume, phase_map=None, s2_max=64, boundary="closed", voxel_size=No
         phases.append({
             "label": int(label),
             "volume_fraction": c / n_vox,
-            "specific_surface_area": float(area[i]) / n_vox / scale,
-            "specific_surface_area_faces": float(pairs[:3, i].sum()) / n_vox / scale,
+            "specific_surface_area": float(area[i]) / n_vox / cell,
+            "specific_surface_area_faces": float(faces[i]) / n_vox / cell,
             "euler": {"vertices": v, "edges": e, "faces": f, "cubes": c, "chi": chi},
-            "euler_density": chi / n_vox / scale**3,
+            "euler_density": chi / n_vox / cell,
             "s2": {axis: [float(x) for x in s2[i, k]] for k, axis in enumerate("zyx")},
         })
     extras = ("sizes",) if sizes else ()
-    for key, values in figure_table.measured(volume, phase_map, periodic, scale,
+    for key, values in figure_table.measured(volume, phase_map, periodic, spacing,
                                              extras).items():
         for phase, v in zip(phases, values):  # the table's rows that bring their own measure
             phase[key] = v
     if sizes and distributions:
-        _add_distributions(phases, volume, phase_map, scale)
+        _add_distributions(phases, volume, phase_map, spacing)
+    edge_length = np.asarray(spacing)  # a triple-phase edge along z is hz long, and so on
     entry = {
         "path": None if path is None else str(path),
         "shape": [int(s) for s in volume.shape],
-        "tpb_density": tpb / n_vox / scale**2 if phase_map.n >= 3 else None,
+        "tpb_density": float(tpb @ edge_length) / n_vox / cell if phase_map.n >= 3 else None,
         "phases": phases,
     }
     if voxel_size is not None:
-        entry["voxel_size"] = scale
+        entry["voxel_size"] = spacing[0] if is_cubic(spacing) else list(spacing)
+        entry["s2_step"] = dict(zip("zyx", spacing))
     if transport:
-        _add_transport(phases, volume, phase_map, transport_tol, device, log, periodic)
+        _add_transport(phases, volume, phase_map, transport_tol, device, log, periodic,
+                       spacing)
     if triples is not None:
+        lengths = np.tensordot(edge_length, triples, axes=(0, 0))
         entry["tpb_density_per_triple"] = {
-            "-".join(str(phase_map.labels[x]) for x in (i, j, k)): int(triples[i, j, k]) / n_vox
-            / scale**2
+            "-".join(str(phase_map.labels[x]) for x in (i, j, k)): float(lengths[i, j, k])
+            / n_vox / cell
             for i in range(phase_map.n) for j in range(i + 1, phase_map.n)
             for k in range(j + 1, phase_map.n)}
     return entry

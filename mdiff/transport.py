@@ -14,6 +14,12 @@ anywhere else. D_eff/D = F·L / (A·ΔC) with F the total flux, L the length alo
 window's cross-section; τ = φ·D/D_eff (TauFactor's definition: a full block gives τ = 1, nothing
 percolating gives D_eff = 0, τ = ∞).
 
+Non-cubic voxels (spacing h_z, h_y, h_x): the conductance between face neighbours along an axis
+d is the shared face's area over the centres' distance, A_d / h_d. Divided by the flow axis's
+(so the flow axis keeps conductance 1 and its end faces 2), the lateral axes' conductances are
+(h_flow / h_d)²; F·L / (A·ΔC) in physical lengths is then the same voxel-count ratio as above
+(TauFactor's AnisotropicSolver solves the same problem).
+
 The linear system is symmetric positive definite on the percolating voxels. It is solved with
 conjugate gradients preconditioned by the diagonal, matrix-free (six shifted adds a product) in
 torch on the chosen device, from the linear profile a straight channel would have, until the
@@ -107,10 +113,11 @@ def fractions(faces, axis, periodic=False):
 
 
 def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None,
-          periodic=False):
+          periodic=False, conductances=(1.0, 1.0, 1.0)):
     """Steady diffusion through the voxels of ``active`` (bool, flow along axis 0); with
     ``periodic``, axes 1 and 2 wrap (the last plane is the first's neighbour) instead of
-    closing the volume.
+    closing the volume. ``conductances``: between face neighbours along each axis, relative
+    to the flow axis's (whose own must be 1): (1, (h0/h1)², (h0/h2)²) for non-cubic voxels.
 
     Iterates until the flux through every plane normal to the axis (and into the inlet and out
     of the outlet) is the same to a relative spread ``tol`` (TauFactor's criterion is the same
@@ -126,6 +133,9 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None,
     mask = torch.from_numpy(np.ascontiguousarray(active)).to(device)
     if not bool(mask.any()):
         return 0.0, 0, 0.0, 0.0
+    if float(conductances[0]) != 1.0:
+        raise ValueError("solve: the flow axis's conductance is the unit")
+    g = [float(c) for c in conductances]
     outside = ~mask
     m = mask.to(torch.float32)
     # diagonal: one per active face neighbour, 2 per end face (1 off the active voxels, where
@@ -134,10 +144,11 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None,
     for dim in range(3):
         n = m.shape[dim]
         if periodic and dim > 0:
-            diag.add_(torch.roll(m, 1, dim)).add_(torch.roll(m, -1, dim))
+            diag.add_(torch.roll(m, 1, dim), alpha=g[dim]).add_(torch.roll(m, -1, dim),
+                                                                alpha=g[dim])
             continue
-        diag.narrow(dim, 1, n - 1).add_(m.narrow(dim, 0, n - 1))
-        diag.narrow(dim, 0, n - 1).add_(m.narrow(dim, 1, n - 1))
+        diag.narrow(dim, 1, n - 1).add_(m.narrow(dim, 0, n - 1), alpha=g[dim])
+        diag.narrow(dim, 0, n - 1).add_(m.narrow(dim, 1, n - 1), alpha=g[dim])
     diag[0] += 2.0
     diag[-1] += 2.0
     diag.masked_fill_(outside, 1.0)
@@ -150,10 +161,11 @@ def solve(active, tol=DEFAULT_TOL, max_iter=None, device="cpu", progress=None,
         for dim in range(3):
             n = p.shape[dim]
             if periodic and dim > 0:
-                out.sub_(torch.roll(p, 1, dim)).sub_(torch.roll(p, -1, dim))
+                out.sub_(torch.roll(p, 1, dim), alpha=g[dim]).sub_(torch.roll(p, -1, dim),
+                                                                   alpha=g[dim])
                 continue
-            out.narrow(dim, 1, n - 1).sub_(p.narrow(dim, 0, n - 1))
-            out.narrow(dim, 0, n - 1).sub_(p.narrow(dim, 1, n - 1))
+            out.narrow(dim, 1, n - 1).sub_(p.narrow(dim, 0, n - 1), alpha=g[dim])
+            out.narrow(dim, 0, n - 1).sub_(p.narrow(dim, 1, n - 1), alpha=g[dim])
         return out.masked_fill_(outside, 0.0)
 
     def residual(x, out):
@@ -266,10 +278,21 @@ class _Progress:
         return progress
 
 
+def _conductances(spacing, k):
+    """Lateral conductances relative to flow axis ``k``'s, in ``solve``'s axis order (the
+    flow axis first, the others in their order)."""
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    h = [float(v) for v in spacing]
+    rest = [h[j] for j in range(3) if j != k]
+    return (1.0, (h[k] / rest[0]) ** 2, (h[k] / rest[1]) ** 2)
+
+
 def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device="cpu",
-                    max_iter=None, progress=None, periodic=False):
+                    max_iter=None, progress=None, periodic=False, voxel_size=None):
     """{axis: figures} of phase index ``phase``; see ``transport``. ``progress``: a
     ``_Progress`` that reports on the solves."""
+    spacing = None if voxel_size is None or np.isscalar(voxel_size) else voxel_size
     check_solve_memory(volume, device)
     faces = None if periodic else cluster_faces(volume, phase_map, phase)
     n_phase = int(np.count_nonzero(phase_map.lut(volume.dtype)[volume] == phase)) if periodic \
@@ -299,7 +322,8 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
         if n_phase == volume.size:  # the whole window conducts: the linear profile is exact
             d_eff, it, err, rel = 1.0, 0, 0.0, 0.0
         else:
-            d_eff, it, err, rel = solve(active, tol, max_iter, device, hook, periodic)
+            d_eff, it, err, rel = solve(active, tol, max_iter, device, hook, periodic,
+                                        _conductances(spacing, k))
         if progress:
             progress.done += 1
         entry.update(effective_diffusivity=d_eff, iterations=it, flux_spread=err,
@@ -311,7 +335,7 @@ def phase_transport(volume, phase_map, phase, axes=AXES, tol=DEFAULT_TOL, device
 
 
 def transport(volume, phase_map=None, axes=AXES, tol=DEFAULT_TOL, device="cpu",
-              max_iter=None, log=None, periodic=False):
+              max_iter=None, log=None, periodic=False, voxel_size=None):
     """Per phase (label order) and axis: percolating and isolated fractions (6-connectivity),
     D_eff/D, τ (``inf`` when nothing percolates), CG iterations, the final relative residual,
     the outlet/inlet flux ratio (1 when converged) and the solve time.
@@ -320,6 +344,9 @@ def transport(volume, phase_map=None, axes=AXES, tol=DEFAULT_TOL, device="cpu",
     synthetic): along each axis the two lateral axes wrap — clusters join across them and the
     diffusion flows across them (TauFactor's PeriodicSolver) — while the faces normal to the
     axis stay the reservoirs.
+
+    ``voxel_size``: (z, y, x) for non-cubic voxels (the conductances per axis, see the module's
+    note); one number, or cubic voxels, change nothing (the figures are ratios).
 
     A phase absent from the volume, or an axis one voxel thick, gives an entry with a ``note``
     instead of an error. ``log``: a function that gets a progress line at most every 2 s."""
@@ -330,15 +357,17 @@ def transport(volume, phase_map=None, axes=AXES, tol=DEFAULT_TOL, device="cpu",
             raise MdiffError(f"transport axes are z, y and x, got {axis!r}")
     progress = _Progress(log, phase_map.n * len(axes)) if log else None
     return [phase_transport(volume, phase_map, i, axes, tol, device, max_iter, progress,
-                            periodic) for i in range(phase_map.n)]
+                            periodic, voxel_size) for i in range(phase_map.n)]
 
 
-def tortuosity(mask, axis="z", tol=DEFAULT_TOL, device="cpu"):
+def tortuosity(mask, axis="z", tol=DEFAULT_TOL, device="cpu", voxel_size=None):
     """(τ, D_eff/D) of a mask (non-zero voxels conduct) along ``axis``: τ = ``inf`` and
-    D_eff = 0 without a path (or without any voxel)."""
+    D_eff = 0 without a path (or without any voxel). ``voxel_size``: (z, y, x) for non-cubic
+    voxels."""
     mask = np.asarray(mask)
     volume = check_volume((mask if mask.dtype == bool else mask != 0).view(np.uint8), "mask")
-    entry = phase_transport(volume, PhaseMap([0, 1]), 1, axis, tol, device)[axis]
+    entry = phase_transport(volume, PhaseMap([0, 1]), 1, axis, tol, device,
+                            voxel_size=voxel_size)[axis]
     if entry["effective_diffusivity"] is None:
         return math.inf, 0.0
     return entry["tortuosity_factor"], entry["effective_diffusivity"]

@@ -88,10 +88,11 @@ def s2(mask, r_max, periodic=False):
     return out
 
 
-def tpb_edges(labels, periodic=False):
-    """Lattice edges whose four surrounding voxels hold >= 3 distinct labels."""
+def tpb_edges(labels, periodic=False, per_axis=False):
+    """Lattice edges whose four surrounding voxels hold >= 3 distinct labels (with
+    ``per_axis``, the counts of edges along z, y and x)."""
     labels = np.asarray(labels)
-    count = 0
+    counts = []
     for axis in range(3):
         others = [k for k in range(3) if k != axis]
         quads = []
@@ -107,8 +108,8 @@ def tpb_edges(labels, periodic=False):
         stack = np.stack(quads, axis=0)
         srt = np.sort(stack, axis=0)
         distinct = 1 + (np.diff(srt, axis=0) != 0).sum(axis=0)
-        count += int((distinct >= 3).sum())
-    return count
+        counts.append(int((distinct >= 3).sum()))
+    return counts if per_axis else sum(counts)
 
 
 def crossings_vectorised(labels, phase, offset, periodic=False):
