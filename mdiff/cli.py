@@ -7,6 +7,7 @@ on stderr and exit status 2, never a traceback.
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -302,9 +303,9 @@ def metrics_main(argv=None):
     parser.add_argument("--voxel-size", type=_floats, metavar="L|Z,Y,X",
                         help="voxel size (one number, or z,y,x): S_V per length, chi_V and "
                              "TPB per volume, lengths in its unit. Default: what the files "
-                             "record (ImageJ or VTK spacing), else voxel units. Non-cubic "
-                             "voxels are refused so far (S_V, chi_V, TPB and transport would "
-                             "need per-axis weights)")
+                             "record (ImageJ, OME or VTK spacing), else voxel units. Non-cubic "
+                             "voxels (z,y,x) are measured exactly: per-axis Crofton weights, "
+                             "face areas, edge lengths, conductances and physical balls")
     parser.add_argument("--unit", metavar="U",
                         help="the voxel size's unit, for the JSON and the table (default: "
                              "what the files record)")
@@ -338,12 +339,7 @@ def metrics_main(argv=None):
             raise MdiffError("--s2-max must be >= 0")
         if args.subvolume is not None and args.subvolume < 2:
             raise MdiffError("--subvolume must be at least 2")
-        voxel_size = args.voxel_size
-        if voxel_size is not None:
-            if len(voxel_size) not in (1, 3) or not all(v > 0 for v in voxel_size):
-                raise MdiffError("--voxel-size takes one positive number or three (z,y,x), "
-                                 f"got {','.join(f'{v:g}' for v in voxel_size) or 'none'}")
-            voxel_size = voxel_size[0] if len(voxel_size) == 1 else voxel_size
+        voxel_size = _voxel_size_flag(args.voxel_size)
         if args.plot:
             _check_plot_target(args.plot)
         result = report.measure(args.files, args.s2_max, args.boundary, args.subvolume,
@@ -355,6 +351,16 @@ def metrics_main(argv=None):
             report.plot(result, args.plot)
 
     return _run("mdiff-metrics", parser, body, argv)
+
+
+def _voxel_size_flag(values):
+    """--voxel-size's one number or (z, y, x), or None; MdiffError for anything else."""
+    if values is None:
+        return None
+    if len(values) not in (1, 3) or not all(v > 0 and math.isfinite(v) for v in values):
+        raise MdiffError("--voxel-size takes one positive number or three (z,y,x), "
+                         f"got {','.join(f'{v:g}' for v in values) or 'none'}")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _evaluate_parser():
@@ -406,6 +412,13 @@ def _evaluate_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits")
     parser.add_argument("--s2-max", type=int, metavar="R", help="largest S2 distance "
                         "(default: half the cube side)")
+    parser.add_argument("--voxel-size", type=_floats, metavar="L|Z,Y,X",
+                        help="voxel size of the real and generated volumes (one number, or "
+                             "z,y,x): figures in its unit. Default: what the real volume "
+                             "records (ImageJ, OME or VTK spacing), else voxel units; a "
+                             "generated file that records another spacing is refused")
+    parser.add_argument("--unit", metavar="U",
+                        help="the voxel size's unit (default: what the real volume records)")
     parser.add_argument("--out", metavar="DIR",
                         help="write DIR/report.md, report.json, report.png (the figures) and "
                              "slices.png (mid-depth slices of real and generated cubes)")
@@ -447,7 +460,8 @@ def evaluate_main(argv=None):
             args.transport, args.permutations, args.seed, args.s2_max,
             args.memorisation_cubes, args.device, transport_tol=args.transport_tol,
             near=args.near, near_tol=args.near_tol,
-            slices=evaluate.report_staging(args.out) / "slices.png" if args.out else None)
+            slices=evaluate.report_staging(args.out) / "slices.png" if args.out else None,
+            voxel_size=_voxel_size_flag(args.voxel_size), unit=args.unit)
         result["command"] = "mdiff-evaluate " + " ".join(
             sys.argv[1:] if argv is None else argv)
         text = evaluate.format_markdown(result)

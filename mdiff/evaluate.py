@@ -33,8 +33,9 @@ TRANSPORT_TOL = 1e-2
 
 
 def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, device="cpu",
-                   transport_tol=TRANSPORT_TOL):
-    """``metrics.describe`` of every cube (closed boundary), in cube order.
+                   transport_tol=TRANSPORT_TOL, voxel_size=None):
+    """``metrics.describe`` of every cube (closed boundary), in cube order; in the length unit
+    of ``voxel_size`` (one number, or (z, y, x)) where given.
 
     The cubes are spread over the CPU's threads (the kernels release the GIL, and so do
     torch's; the diffusion solves of ``transport`` then run with one torch thread each, which
@@ -42,7 +43,8 @@ def describe_cubes(cubes, phase_map, s2_max, transport=False, progress=None, dev
     ``progress(done, total)`` is called as cubes finish."""
 
     def one(cube):
-        return _judged_part(metrics.describe(cube, phase_map, s2_max, "closed", threads=1,
+        return _judged_part(metrics.describe(cube, phase_map, s2_max, "closed",
+                                             voxel_size=voxel_size, threads=1,
                                              transport=transport, transport_tol=transport_tol,
                                              device=device, sizes=True))
 
@@ -253,7 +255,7 @@ class Progress:
 def evaluate_files(real_path, generated, size=None, real_region=None, mapping=None,
                    training=None, transport=False, permutations=200, seed=0, s2_max=None,
                    memorisation_cubes=16, device="cpu", log=None, transport_tol=TRANSPORT_TOL,
-                   near=None, near_tol=0.03, slices=None):
+                   near=None, near_tol=0.03, slices=None, voxel_size=None, unit=None):
     """``mdiff-evaluate`` as a function: judge each generated set (a folder of volumes or one
     volume file) against the real volume's cubes; returns ``judge``'s dict with the inputs
     described (and ``memorisation`` with ``training``).
@@ -264,7 +266,11 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
     every label is checked before any work, then the cubes are measured.
     ``near``: fractions (label order) of a conditioned model's target: only the real cubes
     whose every phase fraction lies within ``near_tol`` of it are the reference.
-    ``slices``: a PNG path for the picture of real and generated cubes' mid-depth slices."""
+    ``slices``: a PNG path for the picture of real and generated cubes' mid-depth slices.
+    Figures are in the length unit of the voxel size the real volume records (ImageJ, OME or
+    VTK spacing), or of ``voxel_size`` (one number, or (z, y, x)) and ``unit`` where given,
+    else in voxels; a generated file recording another spacing is refused in one line
+    (verdicts compare cubes voxel by voxel, so both must be of one spacing)."""
     from .io import volume_shape
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -277,20 +283,23 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
     if small:
         raise MdiffError(f"{small[0]}: the volume {shapes[small[0]]} is smaller than the cube "
                          f"size {size}; give a smaller --size")
-    volume, phase_map, (z0, z1), real_cubes = _real_cubes(real_path, real_region, size)
+    volume, phase_map, (z0, z1), real_cubes, real_meta = _real_cubes(real_path, real_region,
+                                                                     size)
     s2_max = size // 2 if s2_max is None else min(int(s2_max), size - 1)
     lut = _label_lut(mapping)
+    metas = {}
     for name, paths in files.items():  # every label checked before any work
-        lost = _check_set_labels(name, paths, lut, phase_map)
+        lost = _check_set_labels(name, paths, lut, phase_map, metas)
         if lost and log:
             log(f"mdiff-evaluate: {name}: no voxel of label(s) {lost} in its volumes; judged "
                 "as a phase the generator lost (give --map if its labels differ instead)")
+    voxel_size, unit = _judged_spacing(real_path, real_meta, metas, voxel_size, unit)
     train_volume = None if training is None else _training_volume(training, phase_map, size)
     log(f"mdiff-evaluate: {len(real_cubes)} real cubes of {size}^3 from {real_path} "
         f"z {z0}:{z1}, labels {list(phase_map.labels)}; "
         + ", ".join(f"{k}: {len(v)} volume(s)" for k, v in files.items()))
     measure = dict(phase_map=phase_map, s2_max=s2_max, transport=transport, device=device,
-                   transport_tol=transport_tol)
+                   transport_tol=transport_tol, voxel_size=voxel_size)
     real = describe_cubes(real_cubes, progress=Progress("real", log), **measure)
     if near is not None:
         real = _near(real, near, near_tol, phase_map, log)
@@ -306,6 +315,9 @@ def evaluate_files(real_path, generated, size=None, real_region=None, mapping=No
                   near=None if near is None else {"fractions": list(near), "tolerance": near_tol},
                   inputs=inputs,
                   mapping=None if mapping is None else {str(k): v for k, v in mapping.items()})
+    if voxel_size is not None:
+        result.update(voxel_size=voxel_size if np.isscalar(voxel_size) else list(voxel_size),
+                      unit=unit)
     _memorisation_and_slices(result, train_volume, training, kept, real_cubes, phase_map,
                              size, memorisation_cubes, slices, log)
     return result
@@ -327,13 +339,37 @@ def _memorisation_and_slices(result, train_volume, training, kept, real_cubes, p
                 "'mdiff[plot]')")
 
 
+def _judged_spacing(real_path, real_meta, metas, voxel_size, unit):
+    """(voxel size, unit) of the figures: the given one, else the real volume's recorded one
+    (one number for cubic voxels, else (z, y, x)); MdiffError, one line, for a generated file
+    that records another spacing than the real volume (without a given ``voxel_size``)."""
+    from .io import same_spacing, spacing_text
+
+    if voxel_size is None:
+        voxel_size = real_meta["voxel_size"]
+        unit = unit or real_meta["unit"]
+        for path, meta in metas.items():
+            if voxel_size is not None and meta["voxel_size"] is not None and \
+                    not same_spacing(meta["voxel_size"], voxel_size):
+                raise MdiffError(
+                    f"{path} records a voxel size of {spacing_text(meta['voxel_size'])} where "
+                    f"{real_path} records {spacing_text(voxel_size)}; the verdicts compare "
+                    "cubes voxel by voxel, so generate at the real spacing (or resample), or "
+                    "give --voxel-size to judge both in one")
+    if voxel_size is None:
+        return None, None
+    triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
+                                                                            voxel_size))
+    return (triple[0] if same_spacing(triple, triple[0]) else triple), unit
+
+
 def _real_cubes(real_path, real_region, size):
-    """(volume, phase map, (z0, z1), cubes) of the real volume's region; one line if it holds
-    too few cubes of ``size``."""
+    """(volume, phase map, (z0, z1), cubes, its voxel-size meta) of the real volume's region;
+    one line if it holds too few cubes of ``size``."""
     from .io import read_volume
     from .phases import PhaseMap
 
-    volume = read_volume(real_path)
+    volume, meta = read_volume(real_path, with_meta=True)
     phase_map = PhaseMap.from_volume(volume, name=str(real_path))
     z0, z1 = parse_region(real_region, volume.shape[0])
     if min(z1 - z0, *volume.shape[1:]) < size:
@@ -344,7 +380,7 @@ def _real_cubes(real_path, real_region, size):
         raise MdiffError(f"{real_path}: the real region {z0}:{z1} holds only {len(real_cubes)} "
                          f"cubes of {size}^3; at least {MIN_REAL_CUBES} are needed (a smaller "
                          "--size or a larger --real-region)")
-    return volume, phase_map, (z0, z1), real_cubes
+    return volume, phase_map, (z0, z1), real_cubes, meta
 
 
 def _training_volume(training, phase_map, size):
@@ -400,16 +436,21 @@ def _measure_set(name, paths, shapes, size, lut, dtype, keep_count, log, measure
     return entries, keep, inputs
 
 
-def _check_set_labels(name, paths, lut, phase_map):
+def _check_set_labels(name, paths, lut, phase_map, metas=None):
     """MdiffError, one line, unless every volume's labels (mapped by ``lut``) are real labels
     and the set holds two at least; returns the real labels the set never holds (a phase the
-    generator lost is a result to report, φ = 0, not an error)."""
+    generator lost is a result to report, φ = 0, not an error). ``metas`` gets each file's
+    voxel-size meta."""
     from .io import read_volume
     from .phases import label_counts
 
     seen = set()
     for path in paths:
-        labels = set(label_counts(read_volume(path)))
+        volume, meta = read_volume(path, with_meta=True)
+        if metas is not None:
+            metas[str(path)] = meta
+        labels = set(label_counts(volume))
+        del volume
         got = {int(lut[v]) for v in labels} if lut is not None else labels
         strange = sorted(got - set(phase_map.labels))
         if strange:

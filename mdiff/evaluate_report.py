@@ -18,6 +18,17 @@ def _fmt(x, spec="{:.2f}"):
     return "–" if x is None else spec.format(x)
 
 
+def _units(result):
+    """The sentence that says in which unit the table's lengths are."""
+    size = result.get("voxel_size")
+    if size is None:
+        return "Lengths in voxels."
+    shown = f"{size:g}" if np.isscalar(size) else "x".join(f"{v:g}" for v in size) + \
+        " (z, y, x)"
+    unit = result.get("unit") or "(no unit recorded)"
+    return f"Lengths in {unit} (voxel size {shown} {unit}): S_V per length, χ_V per volume."
+
+
 def format_markdown(result, title=None):
     """The verdict line, then one table per set: real and generated mean ± std, d, spread
     ratio, W1/σ against its floor, KS p-value and the verdict with how it differs."""
@@ -37,7 +48,8 @@ def format_markdown(result, title=None):
                  if result.get("test") == "permutation" else
                  "random parts of the real cubes") +
               " (floor); KS p = two-sample Kolmogorov–Smirnov p-value. S2: "
-              "NRMSE of the mean curves (z, y, x) over φ(1 − φ), against its floor.", ""]
+              "NRMSE of the mean curves (z, y, x) over φ(1 − φ), against its floor. "
+              + _units(result), ""]
     formats = {f.key: f.fmt for f in FIGURES.values()}
     formats["tpb_density"] = "{:.4g}"
     shorts = {f.key: f.short for f in FIGURES.values()}

@@ -56,10 +56,10 @@ def _mean_std(values):
 
 
 def file_spacing(paths, metas, voxel_size=None, unit=None):
-    """The one isotropic voxel size (and its unit) the figures are scaled by: ``voxel_size``
-    where given, else what the files record (ImageJ or VTK spacing), else None (voxel units).
-    MdiffError for files of different spacing or non-cubic voxels, whose S_V, chi_V, TPB and
-    transport need per-axis weights that are not implemented yet."""
+    """The voxel size (and its unit) the figures are measured in: ``voxel_size`` where given,
+    else what the files record (ImageJ, OME or VTK spacing), else None (voxel units). One
+    number for cubic voxels, a (z, y, x) tuple for non-cubic ones. MdiffError for files of
+    different recorded spacing."""
     if voxel_size is None:
         if not all(same_spacing(m["voxel_size"], metas[0]["voxel_size"]) for m in metas):
             listed = "; ".join(f"{p}: {m['voxel_size'] or 'none recorded'}"
@@ -76,12 +76,12 @@ def file_spacing(paths, metas, voxel_size=None, unit=None):
         return None, None
     triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
                                                                             voxel_size))
-    if not same_spacing(triple, triple[0]):
-        raise MdiffError(f"{source} {spacing_text(triple)} (z, y, x): non-cubic "
-                         "voxels; mdiff-metrics measures cubic voxels only so far (S_V, chi_V, "
-                         "TPB and transport need per-axis weights); give --voxel-size 1 --unit "
-                         "voxel for figures in voxel units")
-    return triple[0], unit
+    if not all(v > 0 and np.isfinite(v) for v in triple):
+        raise MdiffError(f"{source} {spacing_text(triple)} (z, y, x): a voxel size must be "
+                         "positive; give --voxel-size")
+    if same_spacing(triple, triple[0]):
+        return triple[0], unit
+    return triple, unit
 
 
 def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None, warn=None,
@@ -109,7 +109,7 @@ def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None
     phase_map = PhaseMap(union)
     result = {"mdiff_version": __version__, "boundary": boundary, "volumes": []}
     if voxel_size is not None:
-        result["voxel_size"] = voxel_size
+        result["voxel_size"] = voxel_size if np.isscalar(voxel_size) else list(voxel_size)
         result["unit"] = unit
     kw = {"sizes": sizes}
     if transport:
@@ -199,8 +199,11 @@ def _pct(x):
 def format_report(result):
     """The human-readable tables: one file alone, or files side by side with the first."""
     vols = result["volumes"]
-    unit = "voxel units" if "voxel_size" not in result else \
-        f"voxel size {result['voxel_size']:g} {result.get('unit') or '(no unit recorded)'}"
+    size = result.get("voxel_size")
+    shown = "" if size is None else (format(size, "g") if np.isscalar(size)
+                                     else spacing_text(size) + " (z, y, x)")
+    unit = "voxel units" if size is None else \
+        f"voxel size {shown} {result.get('unit') or '(no unit recorded)'}"
     lines = []
     for v in vols:
         lines.append(f"{v['path']}: {'x'.join(map(str, v['shape']))} voxels, "
@@ -387,11 +390,14 @@ def plot(result, path):
         ax = axes[0, i]
         for j, v in enumerate(vols):
             src = v["subvolumes"]["phases"][i] if sub else v["phases"][i]
+            step = v.get("s2_step", {"z": 1.0, "y": 1.0, "x": 1.0})
             for axis, style in styles.items():
-                ax.plot(src["s2"][axis], style, color=f"C{j}",
+                curve = src["s2"][axis]
+                ax.plot(np.arange(len(curve)) * step[axis], curve, style, color=f"C{j}",
                         label=f"{_short(v['path'])} {axis}" if i == 0 else None)
         ax.set_title(f"S2, label {vols[0]['phases'][i]['label']}")
-        ax.set_xlabel("r (voxels)")
+        ax.set_xlabel(f"r ({result.get('unit') or 'length'})" if "voxel_size" in result
+                      else "r (voxels)")
     axes[0, 0].legend(fontsize=7)
     for k in range(n, axes.shape[1]):
         axes[0, k].axis("off")

@@ -303,6 +303,35 @@ def test_evaluate_maps_another_tools_labels(files, tmp_path, capsys):
     assert phi["mean"] == pytest.approx(np.mean(want))
 
 
+def test_evaluate_judges_in_the_unit_the_real_volume_records(files, tmp_path, capsys):
+    """The voxel size scales the figures, not the verdicts (they are ratios); a generated file
+    that records another spacing than the real volume is one line; non-cubic voxels judge."""
+    real = tifffile.imread(files / "real.tif")
+    write_volume(tmp_path / "real_um.tif", real, voxel_size=0.5, unit="um")
+    args = [str(files / "gen"), "--json", "--permutations", "30"]
+    assert evaluate_main([str(files / "real.tif")] + args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert evaluate_main([str(tmp_path / "real_um.tif")] + args) == 0
+    scaled = json.loads(capsys.readouterr().out)
+    assert "voxel_size" not in plain and (scaled["voxel_size"], scaled["unit"]) == (0.5, "um")
+    assert [v["verdict"] for v in scaled["verdicts"]] == [v["verdict"] for v in plain["verdicts"]]
+    sv = [_verdict(r, "specific_surface_area", 0, str(files / "gen")) for r in (plain, scaled)]
+    assert sv[1]["mean"] == pytest.approx(sv[0]["mean"] / 0.5)
+    assert sv[1]["d"] == pytest.approx(sv[0]["d"])
+    assert evaluate_main([str(tmp_path / "real_um.tif")] + args[:1] + ["--permutations", "30"]
+                         ) == 0
+    assert "Lengths in um (voxel size 0.5 um)" in capsys.readouterr().out
+    write_volume(tmp_path / "other.tif", real[:16, :16, :16], voxel_size=0.25, unit="um")
+    assert evaluate_main([str(tmp_path / "real_um.tif"), str(tmp_path / "other.tif"),
+                          "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records a voxel size of 0.25" in err
+    assert evaluate_main([str(tmp_path / "real_um.tif"), str(tmp_path / "other.tif"),
+                          "--size", "16", "--voxel-size", "0.03,0.01,0.01", "--json",
+                          "--permutations", "20"]) == 0
+    assert json.loads(capsys.readouterr().out)["voxel_size"] == [0.03, 0.01, 0.01]
+
+
 @pytest.mark.parametrize("case", ["phases", "empty", "size", "corrupt", "region", "map"])
 def test_evaluate_bad_input_is_one_line(files, tmp_path, capsys, case):
     real, gen = str(files / "real.tif"), str(files / "gen")
