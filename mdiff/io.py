@@ -2,9 +2,10 @@
 2D slices (one image per z, in natural name order: how CT and FIB-SEM stacks are exported);
 and 2D label images (TIFF, .npy; PNG and BMP with Pillow) for 2D training.
 
-Volumes are (z, y, x) integer arrays of phase labels. A voxel size, when the TIFF carries one
-(ImageJ ``spacing`` for z and the X/YResolution tags for y and x), is returned and can be
-written back. Writing is atomic: a temporary file beside the target, then a rename.
+Volumes are (z, y, x) integer arrays of phase labels. A voxel size, when the file carries one
+(an OME-TIFF's PhysicalSizeX/Y/Z; ImageJ ``spacing`` for z and the X/YResolution tags for y and
+x; a slice folder's first slice when it records all three; a .vti's spacing), is returned and
+can be written back. Writing is atomic: a temporary file beside the target, then a rename.
 """
 import contextlib
 import errno
@@ -32,7 +33,7 @@ def read_volume(path, with_meta=False):
     """
     path = Path(path)
     if path.is_dir():
-        volume, meta = read_slices(path), dict(_NO_META)
+        volume, meta = read_slices(path), slices_voxel_size(path)
     else:
         volume, meta = _read_file(path, "a 3D .tif/.tiff, .npy or .vti, or a folder of 2D slices")
     volume = check_volume(volume, name=str(path))
@@ -132,6 +133,23 @@ def read_slices(folder):
                              f"{volume.dtype}; the slices of a volume must all be alike")
         volume[k] = image
     return volume
+
+
+def slices_voxel_size(folder):
+    """The voxel size of a slice folder: what its first slice (a TIFF) records, when that
+    includes the slice spacing (ImageJ ``spacing``, OME PhysicalSizeZ); else none (a 2D
+    image's pixel size alone says nothing of the distance between slices)."""
+    files = _slice_files(folder)
+    if not files or files[0].suffix.lower() not in (".tif", ".tiff"):
+        return dict(_NO_META)
+    import tifffile
+
+    try:
+        with _tifffile_says(), tifffile.TiffFile(files[0]) as tif:
+            meta, has_z = _tiff_spacing(tif)
+    except Exception:  # the slice itself is read (and judged) by read_slices
+        return dict(_NO_META)
+    return meta if has_z else dict(_NO_META)
 
 
 def _slice_files(folder):
@@ -320,30 +338,90 @@ def same_spacing(a, b):
     return bool(np.all(np.abs(a - b) <= 1e-6 * np.maximum(np.abs(a), np.abs(b))))
 
 
+# lengths of the units OME and ImageJ write, in metres
+_UNIT_METRES = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "micron": 1e-6,
+                "nm": 1e-9, "pm": 1e-12, "a": 1e-10, "angstrom": 1e-10}
+
+
+def _unit_name(unit):
+    """A unit as mdiff writes it: µm and μm as um, Å as A."""
+    text = str(unit).strip().replace("\u00b5", "u").replace("\u03bc", "u")
+    return text.replace("\u00c5", "A").replace("\u212b", "A")
+
+
 def _tiff_voxel_size(tif):
-    """(z, y, x) voxel size from ImageJ metadata and resolution tags, or None. The resolution
-    tags of a TIFF without ImageJ metadata are not read as a voxel size: programs write 72 dpi
+    """(z, y, x) voxel size of a 3D TIFF (``_tiff_spacing``; z as y's pixel size where a
+    single-image ImageJ file records no spacing)."""
+    return _tiff_spacing(tif)[0]
+
+
+def _ome_spacing(tif):
+    """({"voxel_size", "unit"}, z recorded) from an OME-TIFF's PhysicalSizeX/Y/Z (µm when no
+    unit is given, OME's default), in the X size's unit; None where it records none."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except (ET.ParseError, TypeError, ValueError):
+        return None
+    pixels = next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None or pixels.get("PhysicalSizeX") is None:
+        return None
+    sizes, units = {}, {}
+    for axis in "XYZ":
+        value = pixels.get(f"PhysicalSize{axis}")
+        if value is None:
+            continue
+        try:
+            sizes[axis] = float(value)
+        except ValueError:
+            return None
+        units[axis] = _unit_name(pixels.get(f"PhysicalSize{axis}Unit", "um"))
+    if not all(v > 0 and np.isfinite(v) for v in sizes.values()):
+        return None
+    unit = units["X"]
+    for axis in sizes:  # another unit on one axis: expressed in X's where both are known
+        if units[axis] != unit:
+            a, b = _UNIT_METRES.get(units[axis].lower()), _UNIT_METRES.get(unit.lower())
+            if a is None or b is None:
+                return None
+            sizes[axis] *= a / b
+    vy = sizes.get("Y", sizes["X"])
+    meta = {"voxel_size": (sizes.get("Z", vy), vy, sizes["X"]), "unit": unit}
+    return meta, "Z" in sizes
+
+
+def _tiff_spacing(tif):
+    """({"voxel_size": (z, y, x) or None, "unit"}, whether z is recorded) from OME
+    PhysicalSize attributes, else ImageJ metadata and resolution tags. The resolution tags of
+    a TIFF without ImageJ or OME metadata are not read as a voxel size: programs write 72 dpi
     there by default, which says nothing about a tomogram's voxels."""
     meta = {"voxel_size": None, "unit": None}
+    if tif.is_ome:
+        found = _ome_spacing(tif)
+        if found is not None:
+            return found
     page = tif.pages[0]
     ij = tif.imagej_metadata or {}
     if "unit" not in ij and "spacing" not in ij:
-        return meta
+        return meta, False
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
-        return meta
+        return meta, False
     x_num, x_den = tags["XResolution"].value
     y_num, y_den = tags["YResolution"].value
     if not (x_num and y_num):
-        return meta
+        return meta, False
     vx, vy = x_den / x_num, y_den / y_num
     vz = float(ij.get("spacing", vx))
     unit = ij.get("unit")
     if unit is None and vx == 1.0 and vy == 1.0 and "spacing" not in ij:
-        return meta  # default 1-pixel resolution: the file says nothing about size
+        return meta, False  # default 1-pixel resolution: the file says nothing about size
+    if not all(v > 0 and np.isfinite(v) for v in (vz, vy, vx)):
+        return meta, False
     meta["voxel_size"] = (vz, vy, vx)
-    meta["unit"] = None if unit in (None, "", "pixel") else str(unit)
-    return meta
+    meta["unit"] = None if unit in (None, "", "pixel") else _unit_name(unit)
+    return meta, "spacing" in ij
 
 
 def check_volume(volume, name="volume"):

@@ -176,3 +176,39 @@ def test_a_plain_tiffs_dpi_is_not_a_voxel_size(tmp_path):
     mdiff.write_volume(tmp_path / "own.tif", volume, voxel_size=(2.0, 0.5, 0.5), unit="um")
     meta = mdiff.read_volume(tmp_path / "own.tif", with_meta=True)[1]
     np.testing.assert_allclose(meta["voxel_size"], (2.0, 0.5, 0.5))
+
+
+def test_an_ome_tiff_gives_its_physical_sizes_in_one_unit(tmp_path):
+    volume = np.zeros((4, 5, 6), np.uint8)
+    volume[1:3] = 255
+    tifffile.imwrite(tmp_path / "a.ome.tif", volume, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 10.0, "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 10.0, "PhysicalSizeYUnit": "nm",
+        "PhysicalSizeZ": 0.03, "PhysicalSizeZUnit": "\u00b5m"})
+    got, meta = mdiff.read_volume(tmp_path / "a.ome.tif", with_meta=True)
+    np.testing.assert_array_equal(got, volume)
+    np.testing.assert_allclose(meta["voxel_size"], (30.0, 10.0, 10.0))
+    assert meta["unit"] == "nm"
+    tifffile.imwrite(tmp_path / "b.ome.tif", volume, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})  # no Z, no unit: um
+    meta = mdiff.read_volume(tmp_path / "b.ome.tif", with_meta=True)[1]
+    assert meta == {"voxel_size": (0.5, 0.5, 0.5), "unit": "um"}
+    tifffile.imwrite(tmp_path / "c.ome.tif", volume, ome=True, metadata={"axes": "ZYX"})
+    assert mdiff.read_volume(tmp_path / "c.ome.tif", with_meta=True)[1]["voxel_size"] is None
+
+
+def test_a_slice_folder_takes_the_spacing_its_first_slice_records(tmp_path):
+    volume = np.zeros((3, 5, 6), np.uint8)
+    volume[1] = 255
+    for folder, spacing in (("with", True), ("without", False)):
+        (tmp_path / folder).mkdir()
+        for k, image in enumerate(volume):
+            metadata = {"unit": "um", **({"spacing": 0.03} if spacing else {})}
+            tifffile.imwrite(tmp_path / folder / f"s_{k}.tif", image, imagej=True,
+                             resolution=(100.0, 100.0), metadata=metadata)
+    got, meta = mdiff.read_volume(tmp_path / "with", with_meta=True)
+    np.testing.assert_array_equal(got, volume)
+    np.testing.assert_allclose(meta["voxel_size"], (0.03, 0.01, 0.01))
+    assert meta["unit"] == "um"
+    # a pixel size without the distance between slices is no voxel size
+    assert mdiff.read_volume(tmp_path / "without", with_meta=True)[1]["voxel_size"] is None
