@@ -207,10 +207,12 @@ def sample_main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--format", dest="fmt", choices=("tif", "npy", "vti"), default="tif",
+    parser.add_argument("--format", dest="fmt", choices=("tif", "npy", "vti", "h5"),
+                        default="tif",
                         help="file type of the volumes: tif (ImageJ TIFF, voxel size in its "
-                             "tags), npy, or vti (VTK ImageData: opens in ParaView, voxel size "
-                             "as spacing); default: tif")
+                             "tags), npy, vti (VTK ImageData: opens in ParaView, voxel size "
+                             "as spacing), or h5 (HDF5 dataset 'volume', voxel size as "
+                             "attributes; needs h5py: pip install 'mdiff[h5]'); default: tif")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the sample set already in OUT_DIR (as a whole, once the "
                              "new one is complete); without it such a folder is refused")
@@ -494,7 +496,8 @@ def synth_main(argv=None):
 
     parser = _parser("mdiff-synth", "Write a synthetic microstructure: a Gaussian random field "
                      "thresholded at exact phase fractions (the built-in example and baseline).")
-    parser.add_argument("out", metavar="OUT.tif", help=".tif/.tiff, .npy or .vti (ParaView)")
+    parser.add_argument("out", metavar="OUT.tif",
+                        help=".tif/.tiff, .npy, .vti (ParaView) or .h5 (HDF5)")
     parser.add_argument("--shape", type=_ints, default=EXAMPLE.shape,
                         help="Z,Y,X or one side for a cube")
     parser.add_argument("--fractions", type=_floats, default=EXAMPLE.fractions,

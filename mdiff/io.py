@@ -19,13 +19,14 @@ import numpy as np
 
 from .errors import MdiffError
 
-_SUFFIXES = (".tif", ".tiff", ".npy", ".vti")
+_SUFFIXES = (".tif", ".tiff", ".npy", ".vti", ".h5", ".hdf5")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".bmp")  # .png/.bmp need Pillow
 _NO_META = {"voxel_size": None, "unit": None}
 
 
 def read_volume(path, with_meta=False):
-    """Read a 3D label volume from a TIFF, .npy or .vti file, or from a folder of 2D slices.
+    """Read a 3D label volume from a TIFF, .npy, .vti or HDF5 (.h5/.hdf5, with h5py) file, or
+    from a folder of 2D slices.
 
     Returns the (D, H, W) uint8/uint16 array, or ``(volume, meta)`` with ``with_meta=True``
     where ``meta = {"voxel_size": (z, y, x) or None, "unit": str or None}``.
@@ -35,7 +36,8 @@ def read_volume(path, with_meta=False):
     if path.is_dir():
         volume, meta = read_slices(path), slices_voxel_size(path)
     else:
-        volume, meta = _read_file(path, "a 3D .tif/.tiff, .npy or .vti, or a folder of 2D slices")
+        volume, meta = _read_file(path, "a 3D .tif/.tiff, .npy, .vti or .h5, or a folder of "
+                                  "2D slices")
     volume = check_volume(volume, name=str(path))
     return (volume, meta) if with_meta else volume
 
@@ -54,8 +56,8 @@ def read_labels(path):
     path = Path(path)
     if path.is_dir():
         return read_volume(path, with_meta=True)
-    array, meta = _read_file(path, "a .tif/.tiff/.npy volume or image, a .vti volume, a .png/.bmp image, or "
-                             "a folder of 2D slices", images=True)
+    array, meta = _read_file(path, "a .tif/.tiff/.npy volume or image, a .vti or .h5 volume, "
+                             "a .png/.bmp image, or a folder of 2D slices", images=True)
     rgb = np.ndim(array) == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4
     if np.ndim(array) == 2 or rgb or path.suffix.lower() in (".png", ".bmp"):
         return check_image(array, str(path)), meta
@@ -76,6 +78,10 @@ def _read_file(path, expected, images=False):
         from .vti import read_vti
 
         return read_vti(path)
+    if suffix in (".h5", ".hdf5"):
+        from .h5 import read_h5
+
+        return read_h5(path)
     if images and suffix in (".png", ".bmp"):
         return _read_pillow(path), dict(_NO_META)
     raise MdiffError(f"{path}: unknown file type {suffix!r}; expected {expected}")
@@ -226,13 +232,20 @@ def _file_shape(path):
             from .vti import read_vti
 
             return read_vti(path)[0].shape
+        if suffix in (".h5", ".hdf5"):
+            from .h5 import h5_shape
+
+            return h5_shape(path)
+    except MdiffError:
+        raise
     except Exception as exc:  # numpy and tifffile raise several types for foreign files
         raise MdiffError(f"{path}: not a readable volume ({_first_line(exc)})") from None
-    raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff, .npy or .vti")
+    raise MdiffError(f"{path}: unknown file type {suffix!r}; use a 3D .tif/.tiff, .npy, .vti or "
+                     ".h5")
 
 
 def volume_files(folder):
-    """The .tif/.tiff/.npy/.vti volumes of a folder in natural name order (sample_2 before
+    """The .tif/.tiff/.npy/.vti/.h5 volumes of a folder in natural name order (sample_2 before
     sample_10), or [folder] itself when it holds 2D slices (one volume); MdiffError if there
     are none."""
     folder = Path(folder)
@@ -241,7 +254,7 @@ def volume_files(folder):
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES
              and not p.name.startswith(".")]
     if not files:
-        raise MdiffError(f"{folder}: no .tif/.tiff/.npy/.vti volumes in this folder")
+        raise MdiffError(f"{folder}: no .tif/.tiff/.npy/.vti/.h5 volumes in this folder")
     return sorted(files, key=_natural_key)
 
 
@@ -455,17 +468,19 @@ def check_volume(volume, name="volume"):
 
 
 def write_volume(path, volume, voxel_size=None, unit=None):
-    """Write a 3D label volume atomically as TIFF (zlib, ImageJ-readable), .npy or .vti
-    (VTK ImageData for ParaView, ``mdiff.vti``).
+    """Write a 3D label volume atomically as TIFF (zlib, ImageJ-readable), .npy, .vti (VTK
+    ImageData for ParaView, ``mdiff.vti``) or .h5/.hdf5 (HDF5 with h5py, ``mdiff.h5``).
 
     ``voxel_size`` is a number or a (z, y, x) triple, stored as ImageJ spacing and
-    resolution tags (the .vti spacing); ``unit`` (e.g. "um") goes with it.
+    resolution tags (the .vti spacing, the HDF5 dataset's attributes); ``unit`` (e.g. "um")
+    goes with it.
     """
     path = Path(path)
     volume = check_volume(volume, name=str(path))
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
-        raise MdiffError(f"{path}: unknown file type {suffix!r}; use .tif, .tiff, .npy or .vti")
+        raise MdiffError(f"{path}: unknown file type {suffix!r}; use .tif, .tiff, .npy, .vti or "
+                         ".h5")
     if path.parent and not path.parent.exists():
         raise MdiffError(f"{path}: the folder {path.parent} does not exist")
     with atomic_path(path) as tmp:
@@ -475,6 +490,10 @@ def write_volume(path, volume, voxel_size=None, unit=None):
             from .vti import write_vti
 
             write_vti(tmp, volume, voxel_size, unit)
+        elif suffix in (".h5", ".hdf5"):
+            from .h5 import write_h5
+
+            write_h5(tmp, volume, voxel_size, unit)
         else:
             _write_tiff(tmp, volume, voxel_size, unit)
 

@@ -22,7 +22,7 @@ from .request import SampleRequest
 from .runtime import busy_warning, resolve_device
 
 
-FORMATS = ("tif", "npy", "vti")  # TIFF (ImageJ), numpy, VTK ImageData (ParaView)
+FORMATS = ("tif", "npy", "vti", "h5")  # TIFF (ImageJ), numpy, VTK ImageData (ParaView), HDF5
 SAMPLE_NAME = re.compile(r"sample_\d{3,}\.(tif|npy|vti)")
 
 
@@ -63,12 +63,16 @@ def check_folder(out_dir, overwrite=False):
 
 def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_ema=True,
                   overwrite=False, log=None, fmt="tif"):
-    """Write OUT_DIR/sample_000.tif, ... (``fmt``: tif, npy or vti) and OUT_DIR/samples.json
-    for ``request`` (a ``SampleRequest``); returns the paths."""
+    """Write OUT_DIR/sample_000.tif, ... (``fmt``: tif, npy, vti or h5) and
+    OUT_DIR/samples.json for ``request`` (a ``SampleRequest``); returns the paths."""
     from .sampling import load
 
     if fmt not in FORMATS:
         raise MdiffError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "h5":  # before any volume is made, not after the first
+        from .h5 import _h5py
+
+        _h5py(Path(out_dir) / "sample_000.h5", "writing")
     out_dir = Path(out_dir)
     ctx, device, log = _processes(request, device, log)
     n = int(request.count)
