@@ -275,7 +275,7 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     return path
 
 
-RUN_FILES = (CHECKPOINT, "config.json", "loss.jsonl", "loss.csv", "loss.png")
+RUN_FILES = (CHECKPOINT, "config.json", "loss.jsonl", "loss.csv", "loss.png", "previews")
 
 
 def check_run_folder(out):
@@ -345,7 +345,8 @@ def _resumed(out, train):
     record = checkpoint.run_record(state)
     tcfg = override(record.train, {
         k: v for k, v in (train or {}).items() if k in ("steps", "save_every", "log_every",
-                                                         "device", "compile")})
+                                                         "preview_every", "device",
+                                                         "compile")})
     if tcfg.steps < record.step:
         raise MdiffError(f"--steps {tcfg.steps}: the run in {out} is already at step "
                          f"{record.step}; give --steps above that to go on")
@@ -447,6 +448,7 @@ def _loop(run, trainer, ctx, log):
         for name in RUN_FILES:  # a write killed half-way leaves its temporary file
             for stale in out.glob(f".{name}.tmp.*"):
                 stale.unlink()
+        _drop_previews(out, trainer.step)
     saved = [None if run.resumed is None else run.resumed.step]  # the step the file holds
 
     def save(loss):
@@ -478,6 +480,8 @@ def _loop(run, trainer, ctx, log):
                 loss = meter.report(step, ckpt_path)
                 if step % tcfg.save_every == 0 or step == tcfg.steps:
                     save(loss)
+            if ctx.main and tcfg.preview_every and step % tcfg.preview_every == 0:
+                _preview(run, trainer, static, recorded, log)
     except KeyboardInterrupt:
         held = (f"{ckpt_path} holds step {saved[0]}" if saved[0] is not None
                 else "no checkpoint was saved yet")
@@ -489,6 +493,38 @@ def _loop(run, trainer, ctx, log):
         log(f"mdiff-train: {ckpt_path} is already at step {trainer.step}; raise --steps to go on")
     log(f"mdiff-train: checkpoint {ckpt_path} (step {trainer.step})")
     return ckpt_path
+
+
+def _drop_previews(out, step):
+    """Remove the previews of steps after ``step`` (all of them when a run starts over): they
+    came from a run that went on past its checkpoint, or from the run replaced."""
+    from .preview import FOLDER
+
+    folder = out / FOLDER
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        stem = path.name.split(".")[0] if path.name.startswith("step_") else ""
+        if path.name.startswith(".step_") or (stem[5:].isdigit() and int(stem[5:]) > step):
+            path.unlink()
+
+
+def _preview(run, trainer, static, recorded, log):
+    """previews/step_N.png from the EMA weights as they are now (``mdiff.preview``); a picture
+    that cannot be made is one line, and training goes on."""
+    from .preview import write_preview
+
+    state = checkpoint.training_state(
+        static, recorded, trainer.step, run.tcfg.seed, None, 1, run.tcfg.batch_size,
+        trainer.model, trainer.ema, trainer.optimizer, trainer.scaler)
+    start = time.perf_counter()
+    try:
+        path = write_preview(run.out, state, trainer.device, trainer.step)
+    except (MdiffError, OSError, RuntimeError) as exc:
+        log(f"mdiff-train: no preview at step {trainer.step} ({str(exc).splitlines()[0]}); "
+            "training goes on")
+        return
+    log(f"mdiff-train: preview {path} ({time.perf_counter() - start:.1f} s)")
 
 
 def _opening_line(run, trainer, device, ctx):

@@ -63,3 +63,42 @@ def test_a_curve_that_cannot_be_written_is_one_line_and_training_goes_on(tmp_pat
     assert ckpt.exists()
     notes = [line for line in lines if "loss.png/loss.csv not written" in line]
     assert len(notes) == 2 and "No space left on device" in notes[0]
+
+
+def _png_pixels(path):
+    """The grey pixels of an 8-bit greyscale PNG, decoded by Pillow (an independent reader)."""
+    image = pytest.importorskip("PIL.Image")
+    import numpy as np
+
+    with image.open(path) as im:
+        assert im.mode == "L"
+        return np.asarray(im)
+
+
+def test_previews_show_the_ema_models_cube_and_leave_training_as_it_was(tmp_path):
+    import numpy as np
+
+    write_volume(tmp_path / "v.tif", synth.generate((24, 24, 24), (0.6, 0.4), (0, 255), 2.0, 1))
+    plain, watched = tmp_path / "plain", tmp_path / "watched"
+    train = {"steps": 6, "log_every": 2, "save_every": 6}
+    mdiff.train([tmp_path / "v.tif"], preset="tiny", out=plain, train=train, log=None)
+    lines = []
+    mdiff.train([tmp_path / "v.tif"], preset="tiny", out=watched,
+                train={**train, "preview_every": 3}, log=lines.append)
+    # the same steps to the last digit: the preview draws no number the training draws
+    assert (watched / "loss.jsonl").read_text().splitlines()[0].split('"steps_per_s"')[0] == \
+        (plain / "loss.jsonl").read_text().splitlines()[0].split('"steps_per_s"')[0]
+    assert [json.loads(x)["loss"] for x in (watched / "loss.jsonl").read_text().splitlines()] \
+        == [json.loads(x)["loss"] for x in (plain / "loss.jsonl").read_text().splitlines()]
+    names = sorted(p.name for p in (watched / "previews").iterdir())
+    assert names == ["step_000003.png", "step_000006.png"]
+    assert sum("mdiff-train: preview " in line for line in lines) == 2
+    pixels = _png_pixels(watched / "previews" / "step_000006.png")
+    side = 16 * 12  # the tiny preset's 16^3 cube, scaled by 12 to at least 192 pixels
+    assert pixels.shape == (side, 3 * side + 2 * 4)
+    assert set(np.unique(pixels[:, :side])) <= {0, 255}  # one grey level per phase
+    # resumed from step 6 to 9: the previews after the checkpoint are the new run's
+    (watched / "previews" / "step_000009.png").write_bytes(b"from a run that died")
+    mdiff.train(resume=True, out=watched, train={"steps": 9, "preview_every": 3}, log=None)
+    assert (watched / "previews" / "step_000009.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((watched / "previews").glob(".*"))
