@@ -513,7 +513,8 @@ def synth_main(argv=None):
                              "three phases have almost no triple-phase boundary); 2: the "
                              "first phase from one field, the others split by a second, "
                              "independent one: every pair of phases meets, with triple-phase "
-                             "boundaries as in an electrode")
+                             "boundaries as in an electrode (default: 2, the built-in "
+                             "example)")
 
     def body(args):
         from .io import write_volume

@@ -43,7 +43,7 @@ def load_volumes(paths, phases=None, example=False, planes=None):
     their arrays come after those of ``paths``, tagged with their plane's index in ``PLANES``
     (None for the others)."""
     if example:
-        volume = synth.generate()
+        volume = synth.example()
         counts = label_counts(volume)
         return [volume], PhaseMap(check_labels(counts, phases, "example")), {
             "voxel_size": None, "unit": None, "label_counts": counts}, ["built-in example"], [None]

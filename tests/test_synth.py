@@ -91,3 +91,16 @@ def test_two_fields_give_every_pair_of_phases_a_boundary_and_triple_lines():
                                   synth.generate(*two_phase))
     with pytest.raises(MdiffError, match="fields must be 1 or 2"):
         synth.generate(*args, fields=3)
+
+
+def test_the_built_in_example_has_triple_phase_lines_as_an_electrode_has():
+    from mdiff import metrics
+    from mdiff.phases import PhaseMap
+
+    example = synth.example()
+    assert example.shape == synth.EXAMPLE.shape and synth.EXAMPLE.fields == 2
+    pm = PhaseMap(synth.EXAMPLE.labels)
+    cube = example[:48, :48, :48]
+    assert metrics.describe(cube, pm, 2)["tpb_density"] > 0.01
+    one = synth.generate()  # generate()'s own default stays the one-field structure
+    assert metrics.describe(one[:48, :48, :48], pm, 2)["tpb_density"] < 0.002
