@@ -479,17 +479,18 @@ cdef enum:
 cdef double EDT_FAR_W = 1e300  # the same for the spaced transform (double)
 
 
-cdef void _parabolas(int64_t* f, int64_t* d, Py_ssize_t* v, double* zs,
-                     Py_ssize_t n) noexcept nogil:
-    """d[q] = min over p of (q − p)² + f[p] on one line (Felzenszwalb & Huttenlocher 2012:
-    the lower envelope of the parabolas rooted at the finite f[p]); EDT_FAR where none is."""
+cdef void _parabolas_w(double* f, double* d, Py_ssize_t* v, double* zs, Py_ssize_t n,
+                       double w) noexcept nogil:
+    """d[q] = min over p of w (q − p)² + f[p] on one line, ``w`` the squared spacing of the
+    line's axis (Felzenszwalb & Huttenlocher 2012: the lower envelope of the parabolas rooted
+    at the finite f[p]); EDT_FAR_W where none is."""
     cdef Py_ssize_t q, k = -1, j = 0
     cdef double s = 0.0
     for q in range(n):
-        if f[q] >= EDT_FAR:
+        if f[q] >= EDT_FAR_W:
             continue
         while k >= 0:
-            s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2.0 * (q - v[k]))
+            s = ((f[q] + w * q * q) - (f[v[k]] + w * v[k] * v[k])) / (2.0 * w * (q - v[k]))
             if s <= zs[k]:
                 k -= 1
             else:
@@ -500,35 +501,36 @@ cdef void _parabolas(int64_t* f, int64_t* d, Py_ssize_t* v, double* zs,
         zs[k + 1] = 1e300
     if k < 0:
         for q in range(n):
-            d[q] = EDT_FAR
+            d[q] = EDT_FAR_W
         return
     for q in range(n):
         while zs[j + 1] < q:
             j += 1
-        d[q] = (q - v[j]) * (q - v[j]) + f[v[j]]
+        d[q] = w * (q - v[j]) * (q - v[j]) + f[v[j]]
 
 
-cdef void _edt_line(int32_t* line, Py_ssize_t n, Py_ssize_t stride, int64_t* f, int64_t* d,
+cdef void _edt_line(int32_t* line, Py_ssize_t n, Py_ssize_t stride, double* f, double* d,
                     Py_ssize_t* v, double* zs) noexcept nogil:
-    """One pass of the separable transform over a line of ``n`` values ``stride`` apart."""
+    """One pass of the separable transform over a line of ``n`` integer values ``stride``
+    apart: ``_parabolas_w`` with unit spacing, exact (every value is an integer below 2^53)."""
     cdef Py_ssize_t q
     for q in range(n):
-        f[q] = line[q * stride]
-    _parabolas(f, d, v, zs, n)
+        f[q] = EDT_FAR_W if line[q * stride] >= EDT_FAR else <double> line[q * stride]
+    _parabolas_w(f, d, v, zs, n, 1.0)
     for q in range(n):
-        line[q * stride] = <int32_t> min(d[q], <int64_t> EDT_FAR)
+        line[q * stride] = EDT_FAR if d[q] >= EDT_FAR else <int32_t> d[q]
 
 
 def edt_squared(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
                 int32_t[:, :, ::1] out):
     """Exact squared Euclidean distance from every voxel of ``phase`` to the centre of the
     nearest voxel of another phase (0 off the phase; EDT_FAR where the window holds no other
-    phase), in three separable passes (x, y, z) of ``_parabolas``. Outside the window counts
+    phase), in three separable passes (x, y, z) of ``_parabolas_w``. Outside the window counts
     as the phase itself (scipy.ndimage.distance_transform_edt's convention)."""
     cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
     cdef Py_ssize_t n = max(D, max(H, W))
-    cdef int64_t* f = <int64_t*> malloc(n * sizeof(int64_t))
-    cdef int64_t* d = <int64_t*> malloc(n * sizeof(int64_t))
+    cdef double* f = <double*> malloc(n * sizeof(double))
+    cdef double* d = <double*> malloc(n * sizeof(double))
     cdef Py_ssize_t* v = <Py_ssize_t*> malloc(n * sizeof(Py_ssize_t))
     cdef double* zs = <double*> malloc((n + 1) * sizeof(double))
     if f == NULL or d == NULL or v == NULL or zs == NULL:
@@ -640,35 +642,6 @@ cdef inline Py_ssize_t _isqrt(int64_t n) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # The same two transforms for non-cubic voxels: squared lengths in the unit of the spacing, in
 # double precision (a lattice of spacings 0.03 x 0.01 x 0.01 has no integer squared distances).
-
-cdef void _parabolas_w(double* f, double* d, Py_ssize_t* v, double* zs, Py_ssize_t n,
-                       double w) noexcept nogil:
-    """d[q] = min over p of w (q − p)² + f[p] on one line: ``_parabolas`` with the squared
-    spacing ``w`` of the line's axis; EDT_FAR_W where no f[p] is finite."""
-    cdef Py_ssize_t q, k = -1, j = 0
-    cdef double s = 0.0
-    for q in range(n):
-        if f[q] >= EDT_FAR_W:
-            continue
-        while k >= 0:
-            s = ((f[q] + w * q * q) - (f[v[k]] + w * v[k] * v[k])) / (2.0 * w * (q - v[k]))
-            if s <= zs[k]:
-                k -= 1
-            else:
-                break
-        k += 1
-        v[k] = q
-        zs[k] = -1e300 if k == 0 else s
-        zs[k + 1] = 1e300
-    if k < 0:
-        for q in range(n):
-            d[q] = EDT_FAR_W
-        return
-    for q in range(n):
-        while zs[j + 1] < q:
-            j += 1
-        d[q] = w * (q - v[j]) * (q - v[j]) + f[v[j]]
-
 
 cdef void _edt_line_w(double* line, Py_ssize_t n, Py_ssize_t stride, double* f, double* d,
                       Py_ssize_t* v, double* zs, double w) noexcept nogil:

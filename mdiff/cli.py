@@ -302,15 +302,11 @@ def metrics_main(argv=None):
                              "(with --transport, the lateral axes of each solve wrap)")
     parser.add_argument("--subvolume", type=int, metavar="S",
                         help="also report mean ± std over non-overlapping S^3 cubes")
-    parser.add_argument("--voxel-size", type=_floats, metavar="L|Z,Y,X",
-                        help="voxel size (one number, or z,y,x): S_V per length, chi_V and "
-                             "TPB per volume, lengths in its unit. Default: what the files "
-                             "record (ImageJ, OME or VTK spacing), else voxel units. Non-cubic "
-                             "voxels (z,y,x) are measured exactly: per-axis Crofton weights, "
-                             "face areas, edge lengths, conductances and physical balls")
-    parser.add_argument("--unit", metavar="U",
-                        help="the voxel size's unit, for the JSON and the table (default: "
-                             "what the files record)")
+    _voxel_size_flags(parser, "voxel size (one number, or z,y,x): S_V per length, chi_V and "
+                      "TPB per volume, lengths in its unit. Default: what the files record "
+                      "(ImageJ, OME, VTK or HDF5 spacing), else voxel units. Non-cubic voxels "
+                      "(z,y,x) are measured exactly: per-axis Crofton weights, face areas, "
+                      "edge lengths, conductances and physical balls", "the files record")
     parser.add_argument("--plot", metavar="FILE.png", help="S2 curves (and sub-volume figures)")
     parser.add_argument("--sizes", action="store_true",
                         help="also each phase's mean local thickness (a radius: the largest "
@@ -353,6 +349,15 @@ def metrics_main(argv=None):
             report.plot(result, args.plot)
 
     return _run("mdiff-metrics", parser, body, argv)
+
+
+def _voxel_size_flags(parser, what, recorder):
+    """--voxel-size L|Z,Y,X and --unit U (read back by ``_voxel_size_flag``); ``recorder``
+    names whose recorded unit is the default."""
+    parser.add_argument("--voxel-size", type=_floats, metavar="L|Z,Y,X", help=what)
+    parser.add_argument("--unit", metavar="U",
+                        help=f"the voxel size's unit, for the JSON and the tables (default: "
+                             f"the one {recorder})")
 
 
 def _voxel_size_flag(values):
@@ -414,13 +419,10 @@ def _evaluate_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits")
     parser.add_argument("--s2-max", type=int, metavar="R", help="largest S2 distance "
                         "(default: half the cube side)")
-    parser.add_argument("--voxel-size", type=_floats, metavar="L|Z,Y,X",
-                        help="voxel size of the real and generated volumes (one number, or "
-                             "z,y,x): figures in its unit. Default: what the real volume "
-                             "records (ImageJ, OME or VTK spacing), else voxel units; a "
-                             "generated file that records another spacing is refused")
-    parser.add_argument("--unit", metavar="U",
-                        help="the voxel size's unit (default: what the real volume records)")
+    _voxel_size_flags(parser, "voxel size of the real and generated volumes (one number, or "
+                      "z,y,x): figures in its unit. Default: what the real volume records "
+                      "(ImageJ, OME, VTK or HDF5 spacing), else voxel units; a generated "
+                      "file that records another spacing is refused", "the real volume's file records")
     parser.add_argument("--out", metavar="DIR",
                         help="write DIR/report.md, report.json, report.png (the figures) and "
                              "slices.png (mid-depth slices of real and generated cubes)")
