@@ -422,7 +422,8 @@ def _evaluate_parser():
     _voxel_size_flags(parser, "voxel size of the real and generated volumes (one number, or "
                       "z,y,x): figures in its unit. Default: what the real volume records "
                       "(ImageJ, OME, VTK or HDF5 spacing), else voxel units; a generated "
-                      "file that records another spacing is refused", "the real volume's file records")
+                      "file that records another spacing is refused",
+                      "the real volume's file records")
     parser.add_argument("--out", metavar="DIR",
                         help="write DIR/report.md, report.json, report.png (the figures) and "
                              "slices.png (mid-depth slices of real and generated cubes)")

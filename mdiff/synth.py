@@ -12,8 +12,8 @@ every pair of phases meets and triple-phase lines run through the volume as in a
 
 The two-field model is the built-in example (``mdiff-train --example``, ``mdiff-demo``,
 ``mdiff-synth``'s default; ``example()``), so that the example has the triple-phase boundary
-an electrode has; ``generate()`` keeps one field unless asked. Both are the classical baselines a learned
-generator has to beat (``benchmarks/fidelity.py``).
+an electrode has; ``generate()`` keeps one field unless asked. Both are the classical
+baselines a learned generator has to beat (``benchmarks/fidelity.py``).
 """
 from dataclasses import dataclass
 
