@@ -23,11 +23,12 @@ from .runtime import busy_warning, resolve_device
 
 
 FORMATS = ("tif", "npy", "vti", "h5")  # TIFF (ImageJ), numpy, VTK ImageData (ParaView), HDF5
-SAMPLE_NAME = re.compile(r"sample_\d{3,}\.(tif|npy|vti)")
+SAMPLE_NAME = re.compile(r"sample_\d{3,}\.(" + "|".join(FORMATS) + ")")
 
 
 def sample_set(folder):
-    """The files of a sample set in a folder: sample_NNN.tif (.npy, .vti) and samples.json."""
+    """The files of a sample set in a folder: sample_NNN.tif (or another of ``FORMATS``) and
+    samples.json."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

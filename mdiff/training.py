@@ -616,6 +616,8 @@ def _check(ucfg, dcfg, tcfg):
         cfg = dcfg if name == "timesteps" else tcfg
         if getattr(cfg, name) < 1:
             raise MdiffError(f"--{name.replace('_', '-')} must be at least 1")
+    if tcfg.preview_every < 0:
+        raise MdiffError("--preview-every must be >= 0 (0: no previews)")
 
 
 def _write_curve(loss_log, log):

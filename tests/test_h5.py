@@ -88,6 +88,12 @@ def test_mdiff_sample_writes_h5_sets_that_metrics_and_the_judge_read(tmp_path, c
     out = tmp_path / "out"
     assert sample_main([str(ckpt), str(out), "-n", "2", "--steps", "2", "--format", "h5"]) == 0
     assert [p.name for p in volume_files(out)] == ["sample_000.h5", "sample_001.h5"]
+    # an h5 set is mdiff-sample's own: refused without --overwrite, replaced whole with it
+    assert sample_main([str(ckpt), str(out), "-n", "1", "--steps", "2"]) == 2
+    assert "already holds 3 sample file(s)" in capsys.readouterr().err
+    assert sample_main([str(ckpt), str(out), "-n", "1", "--steps", "2", "--format", "h5",
+                        "--overwrite"]) == 0
+    assert [p.name for p in volume_files(out)] == ["sample_000.h5"]
     volume, meta = read_volume(out / "sample_000.h5", with_meta=True)
     assert volume.shape == (16, 16, 16) and meta == {"voxel_size": (0.5, 0.5, 0.5),
                                                      "unit": "um"}

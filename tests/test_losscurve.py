@@ -102,3 +102,7 @@ def test_previews_show_the_ema_models_cube_and_leave_training_as_it_was(tmp_path
     mdiff.train(resume=True, out=watched, train={"steps": 9, "preview_every": 3}, log=None)
     assert (watched / "previews" / "step_000009.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((watched / "previews").glob(".*"))
+    with pytest.raises(mdiff.MdiffError, match="--preview-every must be >= 0"):
+        mdiff.train([tmp_path / "v.tif"], preset="tiny", out=tmp_path / "bad",
+                    train={**train, "preview_every": -2}, log=None)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
