@@ -343,7 +343,7 @@ def _judged_spacing(real_path, real_meta, metas, voxel_size, unit):
     """(voxel size, unit) of the figures: the given one, else the real volume's recorded one
     (one number for cubic voxels, else (z, y, x)); MdiffError, one line, for a generated file
     that records another spacing than the real volume (without a given ``voxel_size``)."""
-    from .io import same_spacing, spacing_text
+    from .io import compact_spacing, same_spacing, spacing_text
 
     if voxel_size is None:
         voxel_size = real_meta["voxel_size"]
@@ -356,11 +356,8 @@ def _judged_spacing(real_path, real_meta, metas, voxel_size, unit):
                     f"{real_path} records {spacing_text(voxel_size)}; the verdicts compare "
                     "cubes voxel by voxel, so generate at the real spacing (or resample), or "
                     "give --voxel-size to judge both in one")
-    if voxel_size is None:
-        return None, None
-    triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
-                                                                            voxel_size))
-    return (triple[0] if same_spacing(triple, triple[0]) else triple), unit
+    voxel_size = compact_spacing(voxel_size)
+    return (None, None) if voxel_size is None else (voxel_size, unit)
 
 
 def _real_cubes(real_path, real_region, size):

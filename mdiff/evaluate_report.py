@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .figures import FIGURES, table
+from .io import spacing_text
 from .verdict import verdict_line
 
 
@@ -23,8 +24,7 @@ def _units(result):
     size = result.get("voxel_size")
     if size is None:
         return "Lengths in voxels."
-    shown = f"{size:g}" if np.isscalar(size) else "x".join(f"{v:g}" for v in size) + \
-        " (z, y, x)"
+    shown = f"{size:g}" if np.isscalar(size) else spacing_text(size) + " (z, y, x)"
     unit = result.get("unit") or "(no unit recorded)"
     return f"Lengths in {unit} (voxel size {shown} {unit}): S_V per length, χ_V per volume."
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .io import spacing_triple
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -72,8 +74,7 @@ def measured(volume, phase_map, periodic, voxel_size=1.0, extras=()):
     ``extras``): {key: [value of each phase]}. On cubic voxels (``voxel_size`` one number or
     three equal) measured in voxel units and scaled by their unit; on non-cubic voxels (z, y,
     x) measured in physical lengths by the measure itself."""
-    spacing = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
-                                                                             voxel_size))
+    spacing = spacing_triple(voxel_size)
     cubic = spacing[0] == spacing[1] == spacing[2]
     rows = [f for f in FIGURES.values() if f.measure is not None and f.extra in ("", *extras)]
     if cubic:

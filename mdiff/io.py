@@ -342,6 +342,28 @@ def spacing_text(voxel_size):
     return "x".join(f"{float(v):g}" for v in voxel_size)
 
 
+def spacing_triple(voxel_size):
+    """(z, y, x) floats of a voxel size given as None (1), one number or three; MdiffError
+    for one that is not positive and finite."""
+    if voxel_size is None:
+        return (1.0, 1.0, 1.0)
+    triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(
+        float(v) for v in voxel_size)
+    if len(triple) != 3 or not all(v > 0 and np.isfinite(v) for v in triple):
+        raise MdiffError(f"a voxel size is one positive number or three (z, y, x), got "
+                         f"{spacing_text(np.atleast_1d(voxel_size))}")
+    return triple
+
+
+def compact_spacing(voxel_size):
+    """A voxel size as the JSON and the figures carry it: None, one number for cubic voxels
+    (to the float32 precision files store), or the (z, y, x) floats of non-cubic ones."""
+    if voxel_size is None:
+        return None
+    triple = spacing_triple(voxel_size)
+    return triple[0] if same_spacing(triple, triple[0]) else triple
+
+
 def same_spacing(a, b):
     """True for two voxel sizes (numbers, or (z, y, x) triples, or None) that agree to the
     float32 precision the file formats store them in."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import figures as figure_table
 from .errors import MdiffError, compiled_kernels
-from .io import check_volume
+from .io import check_volume, spacing_triple
 from .phases import PhaseMap
 from .transport import tortuosity  # noqa: F401  (public API: mdiff.metrics.tortuosity)
 
@@ -91,19 +91,6 @@ def pairs_examined(shape, periodic=False):
         return np.full(13, float(np.prod(shape)))
     return np.array([float(np.prod([n - abs(o) for n, o in zip(shape, off)]))
                      for off in _metrics.PAIR_OFFSETS])
-
-
-def spacing_triple(voxel_size):
-    """(z, y, x) floats of a voxel size given as None (1), one number or three."""
-    if voxel_size is None:
-        return (1.0, 1.0, 1.0)
-    if np.isscalar(voxel_size):
-        return (float(voxel_size),) * 3
-    triple = tuple(float(v) for v in voxel_size)
-    if len(triple) != 3 or not all(v > 0 and math.isfinite(v) for v in triple):
-        raise MdiffError(f"a voxel size is one positive number or three (z, y, x), got "
-                         f"{voxel_size!r}")
-    return triple
 
 
 def is_cubic(spacing):

@@ -15,7 +15,7 @@ from ._version import __version__
 from .errors import MdiffError
 from .figures import of_phase
 from .grid import grid_cubes
-from .io import read_volume, same_spacing, spacing_text
+from .io import compact_spacing, read_volume, same_spacing, spacing_text
 from .phases import MAX_PHASES, PhaseMap, check_labels, label_counts
 from .stats import effect_size
 
@@ -69,19 +69,15 @@ def file_spacing(paths, metas, voxel_size=None, unit=None):
         voxel_size = metas[0]["voxel_size"]
         units = {m["unit"] for m in metas if m["unit"]}
         unit = unit or (units.pop() if len(units) == 1 else None)
-        source = f"{paths[0]} records a voxel size of"
+        source = f"{paths[0]}'s recorded voxel size"
     else:
         source = "--voxel-size"
     if voxel_size is None:
         return None, None
-    triple = (float(voxel_size),) * 3 if np.isscalar(voxel_size) else tuple(map(float,
-                                                                            voxel_size))
-    if not all(v > 0 and np.isfinite(v) for v in triple):
-        raise MdiffError(f"{source} {spacing_text(triple)} (z, y, x): a voxel size must be "
-                         "positive; give --voxel-size")
-    if same_spacing(triple, triple[0]):
-        return triple[0], unit
-    return triple, unit
+    try:
+        return compact_spacing(voxel_size), unit
+    except MdiffError as exc:
+        raise MdiffError(f"{source}: {exc}; give --voxel-size") from None
 
 
 def measure(paths, s2_max=64, boundary="closed", subvolume=None, voxel_size=None, warn=None,
