@@ -509,24 +509,34 @@ cdef void _parabolas_w(double* f, double* d, Py_ssize_t* v, double* zs, Py_ssize
         d[q] = w * (q - v[j]) * (q - v[j]) + f[v[j]]
 
 
-cdef void _edt_line(int32_t* line, Py_ssize_t n, Py_ssize_t stride, double* f, double* d,
-                    Py_ssize_t* v, double* zs) noexcept nogil:
-    """One pass of the separable transform over a line of ``n`` integer values ``stride``
-    apart: ``_parabolas_w`` with unit spacing, exact (every value is an integer below 2^53)."""
+ctypedef fused dist_t:
+    int32_t
+    double
+
+
+cdef void _edt_line(dist_t* line, Py_ssize_t n, Py_ssize_t stride, double* f, double* d,
+                    Py_ssize_t* v, double* zs, double w) noexcept nogil:
+    """One pass of the separable transform over a line of ``n`` values ``stride`` apart, of
+    squared spacing ``w``. Integer lines (unit spacing) go through the same double envelope,
+    exactly: every value is an integer below 2^53."""
     cdef Py_ssize_t q
     for q in range(n):
-        f[q] = EDT_FAR_W if line[q * stride] >= EDT_FAR else <double> line[q * stride]
-    _parabolas_w(f, d, v, zs, n, 1.0)
+        if dist_t is int32_t:
+            f[q] = EDT_FAR_W if line[q * stride] >= EDT_FAR else <double> line[q * stride]
+        else:
+            f[q] = line[q * stride]
+    _parabolas_w(f, d, v, zs, n, w)
     for q in range(n):
-        line[q * stride] = EDT_FAR if d[q] >= EDT_FAR else <int32_t> d[q]
+        if dist_t is int32_t:
+            line[q * stride] = EDT_FAR if d[q] >= EDT_FAR else <int32_t> d[q]
+        else:
+            line[q * stride] = d[q]
 
 
-def edt_squared(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
-                int32_t[:, :, ::1] out):
-    """Exact squared Euclidean distance from every voxel of ``phase`` to the centre of the
-    nearest voxel of another phase (0 off the phase; EDT_FAR where the window holds no other
-    phase), in three separable passes (x, y, z) of ``_parabolas_w``. Outside the window counts
-    as the phase itself (scipy.ndimage.distance_transform_edt's convention)."""
+cdef int _edt(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase, dist_t* base,
+              dist_t far, double wz, double wy, double wx) noexcept nogil:
+    """The three separable passes (x, y, z) into the C-ordered ``base``: ``far`` on the
+    phase, 0 off it, then the lower envelopes; -1 if the line buffers cannot be had."""
     cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
     cdef Py_ssize_t n = max(D, max(H, W))
     cdef double* f = <double*> malloc(n * sizeof(double))
@@ -535,23 +545,36 @@ def edt_squared(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
     cdef double* zs = <double*> malloc((n + 1) * sizeof(double))
     if f == NULL or d == NULL or v == NULL or zs == NULL:
         free(f); free(d); free(v); free(zs)
-        raise MemoryError("edt_squared: line buffers")
-    cdef int32_t* base = &out[0, 0, 0]
-    with nogil:
-        for a in range(D):
-            for b in range(H):
-                for c in range(W):
-                    out[a, b, c] = EDT_FAR if lut[vol[a, b, c]] == phase else 0
-        for a in range(D):  # along x, then y, then z: lines of the C-ordered output
-            for b in range(H):
-                _edt_line(base + (a * H + b) * W, W, 1, f, d, v, zs)
-        for a in range(D):
-            for c in range(W):
-                _edt_line(base + a * H * W + c, H, W, f, d, v, zs)
+        return -1
+    for a in range(D):
         for b in range(H):
             for c in range(W):
-                _edt_line(base + b * W + c, D, H * W, f, d, v, zs)
+                base[(a * H + b) * W + c] = far if lut[vol[a, b, c]] == phase else 0
+    for a in range(D):  # along x, then y, then z: lines of the C-ordered output
+        for b in range(H):
+            _edt_line(base + (a * H + b) * W, W, 1, f, d, v, zs, wx)
+    for a in range(D):
+        for c in range(W):
+            _edt_line(base + a * H * W + c, H, W, f, d, v, zs, wy)
+    for b in range(H):
+        for c in range(W):
+            _edt_line(base + b * W + c, D, H * W, f, d, v, zs, wz)
     free(f); free(d); free(v); free(zs)
+    return 0
+
+
+def edt_squared(const label_t[:, :, :] vol, const uint8_t[::1] lut, int phase,
+                int32_t[:, :, ::1] out):
+    """Exact squared Euclidean distance from every voxel of ``phase`` to the centre of the
+    nearest voxel of another phase (0 off the phase; EDT_FAR where the window holds no other
+    phase), in three separable passes (x, y, z) of ``_parabolas_w``. Outside the window counts
+    as the phase itself (scipy.ndimage.distance_transform_edt's convention)."""
+    cdef int ok
+    cdef int32_t far = EDT_FAR
+    with nogil:
+        ok = _edt(vol, lut, phase, &out[0, 0, 0], far, 1.0, 1.0, 1.0)
+    if ok != 0:
+        raise MemoryError("edt_squared: line buffers")
     return out
 
 
@@ -643,16 +666,6 @@ cdef inline Py_ssize_t _isqrt(int64_t n) noexcept nogil:
 # The same two transforms for non-cubic voxels: squared lengths in the unit of the spacing, in
 # double precision (a lattice of spacings 0.03 x 0.01 x 0.01 has no integer squared distances).
 
-cdef void _edt_line_w(double* line, Py_ssize_t n, Py_ssize_t stride, double* f, double* d,
-                      Py_ssize_t* v, double* zs, double w) noexcept nogil:
-    cdef Py_ssize_t q
-    for q in range(n):
-        f[q] = line[q * stride]
-    _parabolas_w(f, d, v, zs, n, w)
-    for q in range(n):
-        line[q * stride] = d[q]
-
-
 EDT_FAR_SPACED = EDT_FAR_W
 
 
@@ -661,31 +674,12 @@ def edt_squared_spaced(const label_t[:, :, :] vol, const uint8_t[::1] lut, int p
     """``edt_squared`` on a lattice of squared spacings (wz, wy, wx): the squared physical
     distance to the centre of the nearest voxel of another phase (EDT_FAR_W where the window
     holds none)."""
-    cdef Py_ssize_t D = vol.shape[0], H = vol.shape[1], W = vol.shape[2], a, b, c
-    cdef Py_ssize_t n = max(D, max(H, W))
-    cdef double* f = <double*> malloc(n * sizeof(double))
-    cdef double* d = <double*> malloc(n * sizeof(double))
-    cdef Py_ssize_t* v = <Py_ssize_t*> malloc(n * sizeof(Py_ssize_t))
-    cdef double* zs = <double*> malloc((n + 1) * sizeof(double))
-    if f == NULL or d == NULL or v == NULL or zs == NULL:
-        free(f); free(d); free(v); free(zs)
-        raise MemoryError("edt_squared_spaced: line buffers")
-    cdef double* base = &out[0, 0, 0]
+    cdef int ok
+    cdef double far = EDT_FAR_W
     with nogil:
-        for a in range(D):
-            for b in range(H):
-                for c in range(W):
-                    out[a, b, c] = EDT_FAR_W if lut[vol[a, b, c]] == phase else 0.0
-        for a in range(D):
-            for b in range(H):
-                _edt_line_w(base + (a * H + b) * W, W, 1, f, d, v, zs, wx)
-        for a in range(D):
-            for c in range(W):
-                _edt_line_w(base + a * H * W + c, H, W, f, d, v, zs, wy)
-        for b in range(H):
-            for c in range(W):
-                _edt_line_w(base + b * W + c, D, H * W, f, d, v, zs, wz)
-    free(f); free(d); free(v); free(zs)
+        ok = _edt(vol, lut, phase, &out[0, 0, 0], far, wz, wy, wx)
+    if ok != 0:
+        raise MemoryError("edt_squared_spaced: line buffers")
     return out
 
 
