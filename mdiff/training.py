@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from . import checkpoint, descriptors, distributed, synth
-from .config import OBJECTIVES, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, override
+from .config import OBJECTIVES, PADDINGS, PRESETS, PRESETS_2D, TrainConfig, UNetConfig, \
+    override
 from .data import PLANES, SYMMETRIES, CubeDataset, ImageDataset, spacing_symmetries, volume_slices
 from .diffusion import GaussianDiffusion
 from .errors import MdiffError
@@ -599,6 +600,9 @@ def _check(ucfg, dcfg, tcfg):
                          f"got {ucfg.condition!r}")
     if ucfg.dims not in (2, 3):
         raise MdiffError(f"--dims must be 2 or 3, got {ucfg.dims}")
+    if ucfg.padding not in PADDINGS:
+        raise MdiffError(f"--padding must be one of {', '.join(PADDINGS)}, "
+                         f"got {ucfg.padding!r}")
     if ucfg.dims == 2 and ucfg.condition != "none":
         raise MdiffError("--condition is for 3D models; a 2D model (2D images or --dims 2) "
                          "trains without it")

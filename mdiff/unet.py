@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import descriptors
-from .config import UNetConfig
+from .config import PADDINGS, UNetConfig
 
 
 def timestep_embedding(t, dim, max_period=10000):
@@ -46,9 +46,9 @@ def norm(channels, groups):
 CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
-def conv(cin, cout, kernel=3, stride=1, periodic=False, dims=3):
+def conv(cin, cout, kernel=3, stride=1, periodic=False, dims=3, padding="zeros"):
     return CONVS[dims](cin, cout, kernel, stride=stride, padding=kernel // 2,
-                       padding_mode="circular" if periodic and kernel > 1 else "zeros")
+                       padding_mode="circular" if periodic and kernel > 1 else padding)
 
 
 MEAN_SCALES = (1.0, 4.0, 16.0, 64.0, 256.0)
@@ -74,11 +74,13 @@ class ResBlock(nn.Module):
     def __init__(self, cin, cout, emb_dim, cfg):
         super().__init__()
         self.norm1 = norm(cin, cfg.groups)
-        self.conv1 = conv(cin, cout, periodic=cfg.periodic, dims=cfg.dims)
+        self.conv1 = conv(cin, cout, periodic=cfg.periodic, dims=cfg.dims,
+                          padding=cfg.padding)
         self.emb = nn.Linear(emb_dim, cout)
         self.norm2 = norm(cout, cfg.groups)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.conv2 = zero(conv(cout, cout, periodic=cfg.periodic, dims=cfg.dims))
+        self.conv2 = zero(conv(cout, cout, periodic=cfg.periodic, dims=cfg.dims,
+                               padding=cfg.padding))
         self.skip = nn.Identity() if cin == cout else conv(cin, cout, kernel=1, dims=cfg.dims)
 
     def forward(self, x, emb):
@@ -128,7 +130,8 @@ class Attention(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels, cfg):
         super().__init__()
-        self.conv = conv(channels, channels, stride=2, periodic=cfg.periodic, dims=cfg.dims)
+        self.conv = conv(channels, channels, stride=2, periodic=cfg.periodic, dims=cfg.dims,
+                         padding=cfg.padding)
 
     def forward(self, x, emb=None):
         return self.conv(x)
@@ -137,7 +140,8 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels, cfg):
         super().__init__()
-        self.conv = conv(channels, channels, periodic=cfg.periodic, dims=cfg.dims)
+        self.conv = conv(channels, channels, periodic=cfg.periodic, dims=cfg.dims,
+                         padding=cfg.padding)
 
     def forward(self, x, emb=None):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -160,6 +164,10 @@ class UNet(nn.Module):
         levels = len(cfg.channel_mult)
         if patch % 2 ** (levels - 1):
             raise ValueError(f"patch {patch} is not divisible by 2^{levels - 1}")
+        if cfg.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, "
+                             f"got {cfg.padding!r}")
+        self.padding = cfg.padding
         ch = cfg.base_channels
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(),
@@ -184,7 +192,7 @@ class UNet(nn.Module):
             self.planes = nn.Embedding(cfg.planes, emb_dim)
             nn.init.zeros_(self.planes.weight)
         self.input = conv(cfg.phases * (2 if self_condition else 1), ch, periodic=cfg.periodic,
-                          dims=cfg.dims)
+                          dims=cfg.dims, padding=cfg.padding)
         self.down = nn.ModuleList()
         skips = [ch]
         for level, mult in enumerate(cfg.channel_mult):
@@ -215,14 +223,15 @@ class UNet(nn.Module):
                 self.up.append(nn.ModuleList(blocks))
         self.output = nn.Sequential(norm(ch, cfg.groups), nn.SiLU(),
                                     zero(conv(ch, cfg.phases, periodic=cfg.periodic,
-                                              dims=cfg.dims)))
+                                              dims=cfg.dims, padding=cfg.padding)))
 
     def set_periodic(self, periodic):
-        """Circular (periodic) or zero padding in every convolution from now on: a model
-        trained either way can sample a volume that tiles space."""
+        """Circular (periodic) padding in every convolution from now on, or the padding the
+        model was trained with: a model trained either way can sample a volume that tiles
+        space."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.kernel_size[0] > 1:
-                m.padding_mode = "circular" if periodic else "zeros"
+                m.padding_mode = "circular" if periodic else self.padding
 
     def activation_bytes_per_voxel(self):
         """Bytes of activations per voxel of the input while sampling (no gradients, fp32):

@@ -276,6 +276,30 @@ def test_default_objective_is_x0_and_old_checkpoints_load_as_eps(trained, tmp_pa
     assert mdiff.load(tmp_path / "old.pt", device="cpu").diffusion.objective == "eps"
 
 
+def test_reflect_padding_is_recorded_and_sampled_with_every_tiling(data_file, trained, tmp_path,
+                                                                    capsys):
+    ckpt = mdiff.train([data_file], preset="tiny", out=tmp_path / "run",
+                       unet={"padding": "reflect"}, train={"steps": 2}, **QUIET)
+    assert torch.load(ckpt, weights_only=True)["unet"]["padding"] == "reflect"
+    gen = mdiff.load(ckpt, device="cpu")
+    modes = lambda: {m.padding_mode for m in gen.model.modules()
+                     if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] > 1}
+    for fields, mode in (({}, "reflect"), ({"size": 24, "tiling": "whole"}, "reflect"),
+                         ({"size": 24, "tiling": "windows"}, "reflect"),
+                         ({"size": 16, "periodic": True}, "circular")):
+        vol = gen.sample(1, steps=2, seed=0, **fields)
+        assert set(np.unique(vol)) <= {3, 17, 200} and modes() == {mode}
+    # a checkpoint written before padding was a field keeps zero padding
+    state = torch.load(trained, weights_only=True)
+    del state["unet"]["padding"]
+    torch.save(state, tmp_path / "old.pt")
+    assert mdiff.load(tmp_path / "old.pt", device="cpu").model.padding == "zeros"
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "bad"),
+                       "--padding", "edge"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--padding must be one of zeros, reflect" in err
+
+
 def test_cli_objective_flags(data_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main([str(data_file), "--preset", "tiny", "--out", str(run), "--steps", "2",

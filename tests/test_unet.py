@@ -108,3 +108,36 @@ def test_mean_input_starts_as_the_plain_model_and_reads_the_cube_mean():
     with_mean.train()
     with_mean(x, t).square().mean().backward()
     assert with_mean.mean_embed[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_reflect_padding_gives_no_voxel_a_sign_of_the_faces(dims):
+    # a uniform input: with reflect padding every layer's features stay uniform, so the
+    # output is the same at a face as at the centre; zero padding marks the faces
+    torch.manual_seed(0)
+    shape = (1, 3) + (16,) * dims
+    outs = {}
+    for padding in ("zeros", "reflect"):
+        cfg = UNetConfig(**{**TINY.__dict__, "padding": padding, "dims": dims})
+        model = UNet(cfg, 16).eval()
+        for p in model.parameters():  # zero-initialised outputs would make the test vacuous
+            torch.nn.init.normal_(p, std=0.1)
+        with torch.no_grad():
+            outs[padding] = model(torch.full(shape, 0.3), torch.tensor([500]))
+    spread = lambda out: float((out - out.flatten(2).mean(2)[(...,) + (None,) * dims]).abs().max())
+    assert spread(outs["reflect"]) < 1e-4 * float(outs["reflect"].abs().max())
+    assert spread(outs["zeros"]) > 1e-2 * float(outs["zeros"].abs().max())
+
+
+def test_set_periodic_goes_back_to_the_trained_padding():
+    model = UNet(UNetConfig(**{**TINY.__dict__, "padding": "reflect"}), 16)
+    modes = lambda: {m.padding_mode for m in model.modules()
+                     if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] > 1}
+    assert modes() == {"reflect"}
+    model.set_periodic(True)
+    assert modes() == {"circular"}
+    model.set_periodic(False)
+    assert modes() == {"reflect"}
+    assert UNetConfig().padding == "zeros"  # old checkpoints (no field) keep zero padding
+    with pytest.raises(ValueError, match="padding must be one of"):
+        UNet(UNetConfig(**{**TINY.__dict__, "padding": "edge"}), 16)
