@@ -22,8 +22,8 @@ class UNetConfig:
     groups: int = _f(32, "GroupNorm groups (capped by the channel count)")
     periodic: bool = _f(False, "circular padding: the volume wraps around (periodic media)")
     padding: str = _f("zeros", "padding of the convolutions at a cube's faces where it does not "
-                               "wrap: zeros, or reflect (mirrored voxels, which carry no "
-                               "sign of where the face is; docs/model.md)")
+                               "wrap: zeros, or reflect (mirrored voxels instead of zeros; "
+                               "measured in docs/model.md)")
     grad_checkpoint: bool = _f(False, "recompute activations in the backward pass to save memory")
     dims: int = _f(3, "3: a 3D model trained on cubes; 2: a 2D model trained on images (2D "
                       "label images, or --dims 2 on a volume: its slices along every axis), "
