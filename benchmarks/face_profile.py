@@ -1,8 +1,8 @@
 """Where in a generated volume its sparse phase lies: the phase's fraction by distance from the
 volume's nearest face, beside real cubes cut from the training volume, and what the network
-predicts there from pure noise at the top of the chain. Issue 25: a 32^3 volume generated on
-its own holds less of its sparse phase at its centre than at its faces, and cubes cut from
-larger generated volumes connect better than volumes of the cube's size.
+predicts there from pure noise at the top of the chain. Issue 25 asked whether the throats
+are lost at a generated cube's faces (where zero padding marks them); the measurement says
+not (benchmarks/results/README.md, "Faces").
 
     python benchmarks/face_profile.py ../shared/data/berea_2phase_200.tif --label 0 \\
         --region 0:150 --sets runs/curve_berea_2phase_200/samples_1600 ... \\

@@ -111,7 +111,7 @@ def test_mean_input_starts_as_the_plain_model_and_reads_the_cube_mean():
 
 
 @pytest.mark.parametrize("dims", [3, 2])
-def test_reflect_padding_gives_no_voxel_a_sign_of_the_faces(dims):
+def test_reflect_padding_keeps_a_uniform_input_uniform_where_zeros_mark_the_faces(dims):
     # a uniform input: with reflect padding every layer's features stay uniform, so the
     # output is the same at a face as at the centre; zero padding marks the faces
     torch.manual_seed(0)
