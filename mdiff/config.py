@@ -93,6 +93,10 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (first steps are slow while it compiles)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _f(0, "seed of initialisation, cube order, noise and timesteps")
+    high_noise_share: float = _f(0.0, "share of training cubes whose timestep is drawn from "
+                                      "the top fifth of the chain (t >= 0.8 T), where the "
+                                      "layout is laid down, instead of from all of it; the "
+                                      "loss is not re-weighted (0 = uniform timesteps)")
     cond_drop: float = _f(0.1, "share of training cubes whose condition is dropped, so the "
                                "model also learns the unconditional case (classifier-free "
                                "guidance); with --condition only")

@@ -113,14 +113,27 @@ def _step_seed(seed, step):
     return (seed * 1_000_003 + step) % 2**63
 
 
-def _draws(dataset, timesteps, seed, step, samples, device):
+HIGH_NOISE_FROM = 0.8  # --high-noise-share draws t from [HIGH_NOISE_FROM · T, T)
+
+
+def _timestep(g, timesteps, high_share):
+    """One training timestep: uniform over the chain, or with probability ``high_share`` over
+    its top part (t >= HIGH_NOISE_FROM · T). With no share the generator is used as before,
+    so runs without it draw the same timesteps as ever."""
+    low = 0
+    if high_share > 0 and torch.rand(1, generator=g).item() < high_share:
+        low = int(HIGH_NOISE_FROM * timesteps)
+    return torch.randint(low, timesteps, (1,), generator=g)
+
+
+def _draws(dataset, timesteps, seed, step, samples, device, high_share=0.0):
     """Cubes (n, phases, P, P, P) (or 2D patches), timesteps (n,), noise like the cubes,
     uniforms (n,) for the self-conditioning coin and the patches' planes (None for cubes), of
     the given sample indices of a step (see the module doc)."""
     rngs = [np.random.default_rng([seed, step, i]) for i in samples]
     x_start, planes = dataset.draw(rngs, device)
     gens = [torch.Generator().manual_seed(int(rng.integers(2**62))) for rng in rngs]
-    t = torch.cat([torch.randint(0, timesteps, (1,), generator=g) for g in gens])
+    t = torch.cat([_timestep(g, timesteps, high_share) for g in gens])
     noise = torch.stack([torch.randn(x_start.shape[1:], generator=g) for g in gens])
     coin = torch.cat([torch.rand(1, generator=g) for g in gens])
     return x_start, t.to(device), noise.to(device), coin.to(device), planes
@@ -213,7 +226,7 @@ def draw_batch(run, timesteps, step, samples, device):
     ``cond_drop``) or the patches' planes."""
     ucfg, tcfg = run.ucfg, run.tcfg
     x_start, t, noise, coin, planes = _draws(run.dataset, timesteps, tcfg.seed, step, samples,
-                                             device)
+                                             device, tcfg.high_noise_share)
     kwargs = {}
     if ucfg.planes > 1:
         kwargs["plane"] = planes
@@ -608,6 +621,8 @@ def _check(ucfg, dcfg, tcfg):
                          "trains without it")
     if not 0 <= tcfg.cond_drop < 1:
         raise MdiffError(f"--cond-drop must be in [0, 1), got {tcfg.cond_drop}")
+    if not 0 <= tcfg.high_noise_share <= 1:
+        raise MdiffError(f"--high-noise-share must be in [0, 1], got {tcfg.high_noise_share}")
     if dcfg.snr_gamma < 0 or not dcfg.snr_shift > 0:
         raise MdiffError("--snr-gamma must be >= 0 and --snr-shift > 0")
     if dcfg.snr_gamma > 0 and dcfg.objective == "x0":

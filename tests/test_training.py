@@ -359,3 +359,26 @@ def test_running_elsewhere_counts_a_process_that_spins_now():
     finally:
         spin.kill()
         spin.wait()
+
+
+def test_a_high_noise_share_draws_that_share_from_the_top_of_the_chain(data_file, tmp_path,
+                                                                       capsys):
+    from mdiff.training import HIGH_NOISE_FROM, _timestep
+
+    plain = [torch.Generator().manual_seed(k) for k in range(400)]
+    same = [torch.Generator().manual_seed(k) for k in range(400)]
+    # no share: the generator is used as it always was, so old runs draw the same timesteps
+    assert [int(_timestep(g, 1000, 0.0)) for g in plain] == \
+        [int(torch.randint(0, 1000, (1,), generator=g)) for g in same]
+    top = [int(_timestep(torch.Generator().manual_seed(k), 1000, 1.0)) for k in range(400)]
+    assert min(top) >= HIGH_NOISE_FROM * 1000 and max(top) <= 999
+    half = np.array([int(_timestep(torch.Generator().manual_seed(k), 1000, 0.5))
+                     for k in range(4000)])
+    assert np.mean(half >= 800) == pytest.approx(0.5 + 0.5 * 0.2, abs=0.03)
+    ckpt = mdiff.train([data_file], phases=3, preset="tiny", out=tmp_path / "run",
+                       train={"steps": 2, "high_noise_share": 0.5}, **QUIET)
+    assert torch.load(ckpt, weights_only=True)["train"]["high_noise_share"] == 0.5
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "bad"),
+                       "--high-noise-share", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--high-noise-share must be in [0, 1]" in err
