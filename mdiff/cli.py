@@ -233,9 +233,13 @@ def sample_main(argv=None):
         _set_threads(args.threads)
         request = SampleRequest(**{f.name: getattr(args, f.name) for f in cli_fields()
                                    if f.name != "size"}, size=size)
-        write_samples(args.checkpoint, args.out_dir, request, device=args.device,
-                      precision=args.precision, use_ema=not args.no_ema,
-                      overwrite=args.overwrite, fmt=args.fmt)
+        paths = write_samples(args.checkpoint, args.out_dir, request, device=args.device,
+                              precision=args.precision, use_ema=not args.no_ema,
+                              overwrite=args.overwrite, fmt=args.fmt)
+        if len(paths) < request.count:  # transport targets met by fewer (the line above)
+            raise MdiffError(f"{len(paths)} of {request.count} volumes met the transport "
+                             f"targets; the set written holds those (samples.json: "
+                             f"selection)")
 
     return _run("mdiff-sample", parser, body, argv)
 

@@ -156,7 +156,8 @@ def parse_targets(text, kind, labels):
             raise ValueError(f"{item!r}: expected NAME:LABEL=VALUE, e.g. perc:0=0.9")
         if name not in parts:
             raise ValueError(f"{name!r} is not a descriptor this model was conditioned on "
-                             f"({kind}: {', '.join(parts) or 'none'})")
+                             f"({kind}: {', '.join(parts) or 'none'}; deff and tau, "
+                             f"transport, any model takes)")
         if (name, label) not in cols:
             raise ValueError(f"label {label} is not a phase of this model (labels "
                              f"{', '.join(map(str, labels))})")

@@ -9,7 +9,7 @@ takes (``tiling_for``), how drawn compositions enter (``drawn_as``), the guidanc
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from . import descriptors, runtime
+from . import descriptors, runtime, selection
 from .errors import MdiffError
 from .multiplane import FUSIONS
 from .samplers import SAMPLERS
@@ -81,6 +81,9 @@ class Plan:
     match_fractions: list = None
     respaced: bool = True  # a re-spaced process of ``steps`` (False: the whole schedule)
     hold: bool = False  # each window's phase probabilities held to its condition's fractions
+    transport: tuple = ()  # selection.TransportTarget of --targets deff/tau, met by selection
+    tolerance: float = None  # a candidate meets a transport target within this share of it
+    max_candidates: int = None  # candidates made at most for the transport targets
     baked_guidance: float = None  # a distilled student's guidance, in its weights (one branch)
 
     def but(self, **changes):
@@ -221,6 +224,16 @@ def hold_for(facts, request, drawn):
     return drawn != "unconditional"
 
 
+def split_transport(facts, request):
+    """(the request with its descriptor targets alone, its transport targets): deff and tau
+    in --targets are measured on candidates (``mdiff.selection``), not conditioned on."""
+    try:
+        rest, found = selection.split_targets(request.targets, facts.labels)
+    except ValueError as exc:
+        raise MdiffError(f"--targets: {exc}") from None
+    return request.but(targets=rest), found
+
+
 def check_conditions(facts, request):
     """One line for a condition the model cannot take; the target descriptor vector (the
     fractions normalised, values not given completed from the nearest training cube:
@@ -262,7 +275,7 @@ def check_conditions(facts, request):
                              "both")
         given.update(enumerate(fractions))
     if given:
-        target = _target(facts, given)
+        target = target_vector(facts, given)
     if request.fractions_along is not None:
         profile = request.fractions_along
         if all(isinstance(p, str) for p in profile):  # the command line's AXIS POS:F0,...
@@ -273,7 +286,7 @@ def check_conditions(facts, request):
     return target, profile
 
 
-def _target(facts, given):
+def target_vector(facts, given):
     """The full target vector of {column: value}: the rest from the nearest training cube,
     the fractions not given scaled so that all of them sum to 1."""
     n = facts.phases
@@ -297,6 +310,7 @@ def make_plan(facts, request, seed=None):
     """The one plan of ``request`` on a model of ``facts``; MdiffError, one line, for a
     request that is malformed or needs more memory than is free. ``seed`` None draws one
     when the request has none."""
+    request, transport = split_transport(facts, request)
     target, profile = check_conditions(facts, request)
     sampler, steps, eta = sampler_settings(facts, request)
     count = int(request.count)
@@ -326,7 +340,9 @@ def make_plan(facts, request, seed=None):
                 variance=request.variance, seed=int(seed), first=int(request.first),
                 guidance=guidance_for(request, drawn, facts), drawn=drawn, target=target,
                 profile=profile, respaced=SAMPLERS[sampler].steps is not None,
-                hold=hold_for(facts, request, drawn),
+                hold=hold_for(facts, request, drawn), transport=transport,
+                **dict(zip(("tolerance", "max_candidates"), selection.check(
+                    count, request.target_tolerance, request.max_candidates, transport))),
                 baked_guidance=None if facts.student is None
                 else float(facts.student["guidance"]), **geometry)
     check_plan_memory(facts, plan)

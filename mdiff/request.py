@@ -59,8 +59,18 @@ class SampleRequest:
                       "(volume fraction) and, for a model trained with --condition "
                       "connectivity, perc (percolating fraction), for --condition sizes, "
                       "thick (mean local thickness, voxels), e.g. perc:0=0.9,phi:0=0.2; "
-                      "values not given come from the training cube nearest to those given "
+                      "values not given come from the training cube nearest to those given. "
+                      "Transport, for any model: deff (D_eff/D, the mean over z, y, x) and "
+                      "tau (tortuosity factor), deff:0=0.05, deff:z:0=0.05, tau:z:0=3: "
+                      "candidates are generated and those within --target-tolerance kept "
                       "(docs/composition.md)", "--targets", metavar="NAME:LABEL=V,...")
+    target_tolerance: float = _f(None, "transport targets (deff, tau in --targets): a "
+                                 "candidate volume meets a target within this share of its "
+                                 "value (default 0.1)", "--target-tolerance", type=float,
+                                 metavar="SHARE")
+    max_candidates: int = _f(None, "transport targets: candidate volumes made at most, kept "
+                             "or not (default 10 per volume asked, at least 16)",
+                             "--max-candidates", type=int, metavar="N")
     guidance: float = _f(None, "classifier-free guidance scale of a conditioned model (1: the "
                          "conditional model alone, one network call a step; > 1 follows the "
                          "condition harder, at two). Default: 1.4 where each volume's "

@@ -83,7 +83,11 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     gen = load(ckpt, device, use_ema, precision)
     # fewer volumes than processes, by windows: every process makes every volume, sharing
     # each step's windows; else each makes its block of the volumes
-    windows = ctx.world > n and gen.plan(request).tiling == "windows"
+    whole = gen.plan(request)
+    if whole.transport and ctx.world > 1:
+        raise MdiffError("transport targets (deff, tau in --targets) keep candidates as they "
+                         "are measured, in one process: run mdiff-sample without torchrun")
+    windows = ctx.world > n and whole.tiling == "windows"
     share = range(n) if windows else range(n * ctx.rank // ctx.world,
                                            n * (ctx.rank + 1) // ctx.world)
     plan = gen.plan(request.but(count=max(len(share), 1), first=share.start))
@@ -101,7 +105,10 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
         # each batch written as it comes: memory of one batch, whatever the count; sharing
         # windows, every process makes every volume and the first alone writes them
         writes = ctx.main or not windows
-        for start, volumes in gen.batches(plan, _Progress(log), windows) if len(share) else ():
+        chosen = gen.selection(plan, log) if plan.transport else None
+        made = chosen.batches(_Progress(log)) if chosen else \
+            gen.batches(plan, _Progress(log), windows) if len(share) else ()
+        for start, volumes in made:
             for k, volume in enumerate(volumes if writes else ()):
                 write_volume(partial / f"sample_{share[start + k]:03d}.{fmt}", volume,
                              voxel_size=gen.voxel_size, unit=gen.unit)
@@ -111,12 +118,16 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
         raise
     distributed.barrier()
     distributed.cleanup()
+    if chosen:  # the volumes that met the transport targets, maybe fewer than asked
+        n = len(chosen.kept)
+        if chosen.shortfall():
+            log(f"mdiff-sample: {chosen.shortfall()}")
     paths = [out_dir / f"sample_{i:03d}.{fmt}" for i in range(n)]
     if not ctx.main:
         return paths
     info = samples_json(gen, plan, request, ckpt, n, ctx.world, use_ema, precision,
                         time.perf_counter() - started, [p.name for p in paths],
-                        "windows" if windows else "volumes")
+                        "windows" if windows else "volumes", chosen)
     with atomic_path(partial / "samples.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
     # the new set is complete: the old one goes as a whole, its samples.json first, and the
@@ -155,9 +166,10 @@ def _processes(request, device, log):
 
 
 def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, seconds, files,
-                 shared="volumes"):
+                 shared="volumes", chosen=None):
     """What samples.json records: the model, the plan, the conditions and the files;
-    ``shared``: what the processes shared out (whole volumes, or each step's windows)."""
+    ``shared``: what the processes shared out (whole volumes, or each step's windows);
+    ``chosen``: the ``Selection`` of transport targets, whose kept volumes these are."""
     condition = None
     if gen.condition != "none":
         profile = plan.profile
@@ -168,7 +180,8 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
                 "axis": profile[0], "points": [[p, list(v)] for p, v in profile[1]]},
             "guidance": plan.guidance if plan.baked_guidance is None else plan.baked_guidance,
             "drawn": plan.drawn, "hold_fractions": plan.hold,
-            "per_volume": gen.per_volume_conditions(plan.but(first=0), n)}
+            "per_volume": chosen.conditions() if chosen else
+            gen.per_volume_conditions(plan.but(first=0), n)}
         if gen.condition != "fractions" or request.targets is not None:
             # the request's --targets and the whole vector each volume was conditioned on
             condition.update(targets=request.targets, vector=None if plan.target is None
@@ -189,6 +202,7 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
             "sampler": plan.sampler, "steps": plan.steps, "eta": plan.eta, "seed": plan.seed,
             "ema": use_ema, "precision": precision, "device": str(gen.device),
             "labels": list(gen.phase_map.labels), "condition": condition,
+            **({"selection": chosen.summary()} if chosen else {}),
             "seconds": seconds, "files": files}
 
 

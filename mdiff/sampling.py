@@ -32,6 +32,7 @@ class Samples:
     volumes: np.ndarray  # (n, d, h, w) with the training labels
     plan: planning.Plan
     conditions: list = None  # per volume, its composition condition (drawn or a target)
+    selection: dict = None  # transport targets: the candidates made and kept (Selection.summary)
 
 
 class Generator:
@@ -126,8 +127,21 @@ class Generator:
         process's time; ``mdiff-sample`` under torchrun does this for fewer volumes than
         processes, and shares whole volumes out otherwise)."""
         plan = request if isinstance(request, planning.Plan) else self.plan(request)
+        if plan.transport:
+            chosen = self.selection(plan)
+            parts = [volumes for _, volumes in chosen.batches(progress)]
+            empty = self.phase_map.from_index(np.zeros((0, *plan.shape), np.uint8))
+            return Samples(np.concatenate(parts) if parts else empty, plan,
+                           chosen.conditions(), chosen.summary())
         parts = [volumes for _, volumes in self.batches(plan, progress, share_windows)]
         return Samples(np.concatenate(parts), plan, self.per_volume_conditions(plan))
+
+    def selection(self, plan, log=None):
+        """The ``selection.Selection`` of a plan with transport targets (``--targets deff:...``):
+        its ``batches`` yields the volumes that meet them as they are kept."""
+        from .selection import Selection
+
+        return Selection(self, plan, log)
 
     def batches(self, request, progress=None, share_windows=False):
         """``generate``'s volumes a batch at a time: yields (index of the batch's first volume
@@ -143,25 +157,28 @@ class Generator:
                                  "windows (a larger volume than the training cube)")
             ctx = distributed.context()
             share = (ctx.rank, ctx.world, distributed.gather)
+        for start in range(0, plan.count, plan.batch):
+            b = min(plan.batch, plan.count - start)
+            cond = conditioning.for_batch(plan, self.record.descriptors, self.model.factor,
+                                          self.patch, start, b)
+            yield start, self.make(plan, start, b, cond, progress, share)
+
+    def make(self, plan, start, count, cond, progress=None, share=None, total=None):
+        """Volumes plan.first + start, ... (``count`` of them, (count, d, h, w) labels), each
+        from the noise of (seed, its index), under ``cond`` (what ``conditioning.for_batch``
+        gives). ``progress`` counts volume-steps of ``total`` volumes (default the plan's)."""
         process = self.process(plan)
         spec = SAMPLERS[plan.sampler]
         options = {"eta": plan.eta, "variance": plan.variance}
-        shape = (self.phase_map.n, *plan.shape)
-        for start in range(0, plan.count, plan.batch):
-            b = min(plan.batch, plan.count - start)
-            gens = [torch.Generator().manual_seed(plan.seed * 1_000_003 + plan.first + i)
-                    for i in range(start, start + b)]
-            report, on_windows = _progress(progress, start, b, plan.count,
-                                           process.num_timesteps)
-            cond = conditioning.for_batch(plan, self.record.descriptors, self.model.factor,
-                                          self.patch, start, b)
-            model_fn = conditioning.guided(self.model_fn, cond, plan.guidance, plan.hold)
-            denoise = self.denoiser(process, plan, model_fn, on_windows, share)
-            x = spec.fn(denoise, process, shape, gens, self.device, progress=report,
-                        **{k: options[k] for k in spec.options})
-            volumes = self.phase_map.decode(x)
-            del x, denoise
-            yield start, volumes
+        gens = [torch.Generator().manual_seed(plan.seed * 1_000_003 + plan.first + i)
+                for i in range(start, start + count)]
+        report, on_windows = _progress(progress, start, count, total or plan.count,
+                                       process.num_timesteps)
+        model_fn = conditioning.guided(self.model_fn, cond, plan.guidance, plan.hold)
+        denoise = self.denoiser(process, plan, model_fn, on_windows, share)
+        x = spec.fn(denoise, process, (self.phase_map.n, *plan.shape), gens, self.device,
+                    progress=report, **{k: options[k] for k in spec.options})
+        return self.phase_map.decode(x)
 
     def per_volume_conditions(self, plan, count=None):
         """The composition condition of each of ``count`` (default: the plan's) volumes from

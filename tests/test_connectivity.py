@@ -141,7 +141,7 @@ def test_the_cli_records_targets_and_refuses_what_the_model_cannot_take(connecte
     assert info["vector"][0] == pytest.approx(0.4) and info["vector"][3] == pytest.approx(0.9)
     assert info["per_volume"][0] == pytest.approx(info["vector"], abs=1e-6)
     capsys.readouterr()
-    for args, expected in ((["--targets", "deff:0=0.05"], "'deff' is not a descriptor"),
+    for args, expected in ((["--targets", "tort:0=3"], "'tort' is not a descriptor"),
                            (["--targets", "perc:9=0.5"], "label 9 is not a phase"),
                            (["--targets", "perc:0=2"], "in [0, 1]"),
                            (["--targets", "perc0.5"], "expected NAME:LABEL=VALUE"),
