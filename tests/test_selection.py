@@ -212,3 +212,15 @@ def test_an_unconditioned_model_takes_transport_targets_by_selection_alone(tmp_p
                                            sampler="ddim", steps=3))
     assert not out.selection["steered"] and out.conditions is None
     assert out.selection["candidates"] >= 1
+
+
+@pytest.mark.parametrize("sampler", sorted(mdiff.samplers.SAMPLERS))
+def test_transport_targets_work_with_every_sampler(model, sampler):
+    gen = mdiff.load(model, device="cpu")
+    steps = None if mdiff.samplers.SAMPLERS[sampler].steps is None else 4
+    out = gen.generate(mdiff.SampleRequest(count=1, seed=4, targets="deff:255=0.5",
+                                           target_tolerance=0.99, max_candidates=2,
+                                           sampler=sampler, steps=steps))
+    assert out.selection["candidates"] in (1, 2) and len(out.volumes) == out.selection["kept"]
+    for volume in out.volumes:
+        assert abs(_deff(volume, 255) - 0.5) <= 0.99 * 0.5
