@@ -194,8 +194,10 @@ def run_record(state):
     from .config import TrainConfig, UNetConfig, diffusion_config, from_dict
 
     data = state["data"]
+    # a run from before --high-noise-share drew its timesteps uniformly, and resumes so
+    train = {"high_noise_share": 0.0, **state["train"]}
     return RunRecord(from_dict(UNetConfig, state["unet"]), diffusion_config(state["diffusion"]),
-                     from_dict(TrainConfig, state["train"]), int(state["step"]),
+                     from_dict(TrainConfig, train), int(state["step"]),
                      tuple(state["labels"]), list(data["paths"]), data.get("planes"),
                      bool(data["example"]))
 

@@ -382,3 +382,14 @@ def test_a_high_noise_share_draws_that_share_from_the_top_of_the_chain(data_file
                        "--high-noise-share", "1.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--high-noise-share must be in [0, 1]" in err
+
+
+def test_a_run_from_before_the_high_noise_share_resumes_with_uniform_timesteps(trained,
+                                                                              tmp_path):
+    from mdiff.checkpoint import run_record
+
+    state = torch.load(trained, weights_only=True)
+    state["train"]["high_noise_share"] = 0.5
+    assert run_record(state).train.high_noise_share == 0.5
+    del state["train"]["high_noise_share"]  # as written before the field existed
+    assert run_record(state).train.high_noise_share == 0.0
