@@ -4,12 +4,15 @@ A condition is what ``mdiff.descriptors.condition`` makes: (N, k + 1), the descr
 and a 1 that says it is given. Here: a target for every volume, each volume's draw from the
 descriptors recorded over the training cubes (``per_volume``), each window's draw in a volume
 larger than the training cube (``drawn_windows``), a graded target at each window's place
-(``graded``), and classifier-free guidance (Ho & Salimans 2022) as a wrapper of the model
+(``graded``), the same windows' draws blended into one field over a volume made whole
+(``drawn_field``), and classifier-free guidance (Ho & Salimans 2022) as a wrapper of the model
 callable (``guided``). ``for_batch`` picks among them from the plan.
 """
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import descriptors
 from .multiplane import hold_probabilities
@@ -66,6 +69,36 @@ def graded(plan, factor, volumes, recorded=None):
     return out
 
 
+def _window_weights(tiling):
+    """Per axis, (windows, voxels) fusion weights of each window's position along it."""
+    out = []
+    for k, length in enumerate(tiling.shape):
+        w = torch.zeros(len(tiling.starts[k]), length)
+        for j, start in enumerate(tiling.starts[k]):
+            w[j, (torch.arange(tiling.sides[k]) + start) % length] = bump(tiling.sides[k])
+        out.append(w)
+    return out
+
+
+def window_draws(tiling, recorded, patch, seed, i):
+    """(windows, k + 1) conditions of volume i's windows, in ``Tiling.corners()`` order: white
+    noise on cells of a quarter of the training cube's side (by (seed, i) alone), summed over
+    each window's voxels with its fusion weights and normalised to a standard normal, picks
+    the training cube at that quantile."""
+    grain = max(1, patch // 4)
+    sums = []  # per axis: (window positions, cells) fusion weights, each row of norm 1
+    for k, length in enumerate(tiling.shape):
+        counts = torch.zeros(len(tiling.starts[k]), math.ceil(length / grain))
+        for j, start in enumerate(tiling.starts[k]):
+            voxels = (torch.arange(tiling.sides[k]) + start) % length
+            counts[j].index_add_(0, voxels // grain, bump(tiling.sides[k]))
+        sums.append(counts / counts.norm(dim=1, keepdim=True))
+    noise = torch.randn([m.shape[1] for m in sums], generator=torch.Generator()
+                        .manual_seed(seed * 1_000_003 + i + 11))
+    z = torch.einsum("ai,bj,ck,ijk->abc", *sums, noise).reshape(-1)  # corners() order
+    return at_quantiles(recorded, 0.5 * (1 + torch.erf(z / math.sqrt(2))))
+
+
 def drawn_windows(plan, factor, recorded, patch, volumes):
     """Per network call of a step over windows, the conditions of its windows (window-major,
     then ``volumes`` — their indices — in order): each window its own draw from the training
@@ -78,20 +111,7 @@ def drawn_windows(plan, factor, recorded, patch, volumes):
     volume's varies as a real volume of its size does where cubes that do not overlap are
     independent (docs/composition.md)."""
     tiling = _tiling(plan, factor)
-    grain = max(1, patch // 4)
-    sums = []  # per axis: (window positions, cells) fusion weights, each row of norm 1
-    for k, length in enumerate(plan.shape):
-        counts = torch.zeros(len(tiling.starts[k]), math.ceil(length / grain))
-        for j, start in enumerate(tiling.starts[k]):
-            voxels = (torch.arange(tiling.sides[k]) + start) % length
-            counts[j].index_add_(0, voxels // grain, bump(tiling.sides[k]))
-        sums.append(counts / counts.norm(dim=1, keepdim=True))
-    draws = {}
-    for i in volumes:
-        noise = torch.randn([m.shape[1] for m in sums], generator=torch.Generator()
-                            .manual_seed(plan.seed * 1_000_003 + i + 11))
-        z = torch.einsum("ai,bj,ck,ijk->abc", *sums, noise).reshape(-1)  # corners() order
-        draws[i] = at_quantiles(recorded, 0.5 * (1 + torch.erf(z / math.sqrt(2))))
+    draws = {i: window_draws(tiling, recorded, patch, plan.seed, i) for i in volumes}
     out, w = [], 0
     for group in tiling.batches(plan.windows_per_call):
         rows = []
@@ -100,6 +120,72 @@ def drawn_windows(plan, factor, recorded, patch, volumes):
             w += 1
         out.append(torch.stack(rows))
     return out
+
+
+@dataclass(frozen=True)
+class ConditionField:
+    """Conditions that vary over a volume made whole: ``values`` (N, k + 1, *grid) on cells
+    of ``cell`` voxels (the U-Net's down-sampling factor: every level's side is a multiple of
+    the grid's), and what holding its fractions needs: the window, in cells, over which a
+    neighbourhood's phase probabilities are held to the field (the training cube's side),
+    and whether the volume wraps round its faces."""
+
+    values: object
+    cell: int
+    window: int
+    periodic: bool = False
+
+    def hold(self, p, rounds=3):
+        """Phase probabilities p (N, C, D, H, W) scaled so that their mean over the window
+        round each cell (sin² weights, the windows' fusion weights) is the field's fractions
+        there, every voxel renormalised after each scaling: each window's hold
+        (``multiplane.hold_probabilities``) made local."""
+        from .unet import to_grid
+
+        target = self.values[:, :p.shape[1]].to(p.device, p.dtype)
+        for _ in range(rounds):
+            cells = F.avg_pool3d(p, self.cell)  # (N, C, *grid) cell means
+            mean = self._around(cells).clamp_min(1e-8)
+            p = p * to_grid(target / mean, p.shape[2:], self.periodic)
+            p = p / p.sum(1, keepdim=True).clamp_min(1e-8)
+        return p
+
+    def _around(self, cells):
+        """The sin²-weighted mean over the window round each cell, axis by axis; cut at
+        the faces (the weights renormalised) unless periodic."""
+        kernel = bump(self.window).to(cells.device, cells.dtype)[None, None]
+        left, right = (self.window - 1) // 2, self.window // 2
+        for axis in range(2, cells.ndim):
+            n = cells.shape[axis]
+            moved = cells.movedim(axis, -1)
+            flat = moved.reshape(-1, 1, n)
+            if self.periodic:
+                out = F.conv1d(flat[..., torch.arange(-left, n + right) % n], kernel) \
+                    / kernel.sum()
+            else:
+                ones = torch.ones_like(flat[:1])
+                out = F.conv1d(F.pad(flat, (left, right)), kernel) \
+                    / F.conv1d(F.pad(ones, (left, right)), kernel)
+            cells = out.reshape(moved.shape).movedim(-1, axis)
+        return cells
+
+
+def drawn_field(plan, factor, recorded, patch, volumes):
+    """A ``ConditionField`` for ``volumes`` (their indices) of a volume made whole: the draws
+    the windows of ``plan.overlap`` would take (``window_draws``), each cell's condition their
+    mean weighted by each window's fusion weight there, so that the composition varies from
+    place to place as it does by windows, in one network pass instead of one a window."""
+    tiling = Tiling(plan.shape, patch, plan.overlap, plan.periodic, factor)
+    weights = [w.reshape(len(w), -1, factor).mean(2) for w in _window_weights(tiling)]
+    norm = torch.einsum("ax,by,cz->xyz", *weights)
+    fields = []
+    for i in volumes:
+        draws = window_draws(tiling, recorded, patch, plan.seed, i)
+        draws = draws.reshape(*(len(s) for s in tiling.starts), -1)
+        field = torch.einsum("ax,by,cz,abck->kxyz", *weights, draws) / norm
+        field[-1] = 1  # given everywhere, exactly
+        fields.append(field)
+    return ConditionField(torch.stack(fields), factor, max(1, patch // factor), plan.periodic)
 
 
 def for_batch(plan, recorded, factor, patch, start, count):
@@ -113,25 +199,30 @@ def for_batch(plan, recorded, factor, patch, start, count):
     if plan.drawn == "per window":
         first = plan.first + start
         return drawn_windows(plan, factor, recorded, patch, range(first, first + count))
-    if plan.drawn == "unconditional":
-        return None
+    if plan.drawn == "per field":
+        first = plan.first + start
+        return drawn_field(plan, factor, recorded, patch, range(first, first + count))
     return per_volume(recorded, count, plan.seed, plan.first + start, plan.target)
 
 
 def guided(model_fn, cond, guidance=1.0, hold=False):
     """The model callable for a batch of volumes with conditions ``cond`` (one row per
     volume; the network may see k windows of each, window-major, as ``mdiff.tiling`` batches
-    them; or a list with one condition per window group, for each network call of a step in
-    turn): conditional, or with classifier-free guidance
-    out = out_uncond + w (out_cond − out_uncond), both branches in one call.
+    them; a list with one condition per window group, for each network call of a step in
+    turn; or a ``ConditionField`` over volumes made whole): conditional, or with
+    classifier-free guidance out = out_uncond + w (out_cond − out_uncond), both branches in
+    one call.
 
     ``hold`` (x0 objective, a condition that leads with fractions): each window's phase
     probabilities are scaled to its own condition's fractions at every call
-    (``multiplane.hold_probabilities``, the 3D form of a 2D model's fraction matching),
-    returned as log-probabilities, which the x0 objective's softmax reads back as those
-    probabilities."""
+    (``multiplane.hold_probabilities``, the 3D form of a 2D model's fraction matching; over a
+    field, each cell's window to the field there: ``ConditionField.hold``), returned as
+    log-probabilities, which the x0 objective's softmax reads back as those probabilities."""
     if cond is None:
         return model_fn
+    field = cond if isinstance(cond, ConditionField) else None
+    if field is not None:
+        cond = field.values
     per_call = cond if isinstance(cond, list) else [cond]
     calls = [0]
 
@@ -140,7 +231,7 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
             group = calls[0]
             calls[0] += 1
         c = per_call[group % len(per_call)].to(x.device)
-        c = c.repeat(len(x) // len(c), 1)
+        c = c.repeat(len(x) // len(c), *[1] * (c.ndim - 1))
         if guidance == 1:
             out = model_fn(x, t, *extra, cond=c)
         else:
@@ -154,7 +245,9 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
             # their own probabilities: there are no fractions to hold them to
             p = torch.softmax(out.float(), dim=1)
             given = c[:, -1] > 0
-            if bool(given.all()):
+            if field is not None:  # drawn: given everywhere
+                p = field.hold(p)
+            elif bool(given.all()):
                 p = hold_probabilities(p, c[:, :out.shape[1]])
             elif bool(given.any()):
                 p = p.clone()

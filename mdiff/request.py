@@ -37,7 +37,9 @@ class SampleRequest:
                      "memory grows with the volume); windows = overlapping training-size "
                      "windows fused at every step (memory bounded by --windows); auto "
                      "(default) = whole where it needs at most half the free memory, else "
-                     "windows", "--tiling", choices=("auto", "whole", "windows"))
+                     "windows. Drawn compositions vary from place to place either way: each "
+                     "window its own draw, or made whole under a field of the same draws",
+                     "--tiling", choices=("auto", "whole", "windows"))
     overlap: float = _f(None, "fraction of a window shared with its neighbour (--tiling "
                         "windows; default 0.25)", "--overlap", type=float)
     windows: int = _f(None, "windows per network call (--tiling windows; default 8): bounds "
@@ -76,11 +78,13 @@ class SampleRequest:
                          "condition harder, at two). Default: 1.4 where each volume's "
                          "composition is drawn from the training cubes (at 1 the set varies "
                          "too little), 1 at a --fractions target and where a larger volume "
-                         "draws each window's (at 1.4 the volumes vary too much)",
+                         "draws its composition from place to place (at 1.4 the volumes vary "
+                         "too much)",
                          "--guidance", type=float, metavar="W")
     hold_fractions: bool = _f(None, "a model conditioned on fractions (x0 objective): hold "
                               "each window's phase probabilities to its own condition's "
-                              "fractions at every step, drawn or target (default: on for such "
+                              "fractions at every step, drawn or target (made whole under a "
+                              "field: each cell's window to the field there; default: on for such "
                               "models; --no-hold-fractions turns it off)", "--hold-fractions",
                               action=argparse.BooleanOptionalAction)
     fuse: str = _f(None, "a 2D model: cycle = the slices along one axis a step, z, y, x in "

@@ -182,6 +182,9 @@ def samples_json(gen, plan, request, ckpt, n, processes, use_ema, precision, sec
             "drawn": plan.drawn, "hold_fractions": plan.hold,
             "per_volume": chosen.conditions() if chosen else
             gen.per_volume_conditions(plan.but(first=0), n)}
+        if plan.drawn == "per field":  # the windows whose draws the field blends, its cells
+            condition["field"] = {"window": plan.window, "overlap": plan.overlap,
+                                  "cell": gen.model.factor}
         if gen.condition != "fractions" or request.targets is not None:
             # the request's --targets and the whole vector each volume was conditioned on
             condition.update(targets=request.targets, vector=None if plan.target is None
@@ -215,6 +218,9 @@ def _announce(gen, plan, n, world, here, windows=False):
         turn = {"cycle": "one axis a step, in turn", "mean": "the three axes fused",
                 "geo": "the three axes' probabilities multiplied"}[plan.fuse]
         how = f"a 2D model, multi-plane denoising ({turn}, {plan.slices} slices a call)"
+    elif plan.drawn == "per field":
+        how = ("the whole volume at once, its composition drawn as a field (the draws of "
+               f"windows of {plan.window}^3, overlap {plan.overlap:g})")
     else:
         how = "the whole volume at once"
     student = gen.student

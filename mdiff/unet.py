@@ -64,6 +64,24 @@ def mean_features(x):
     return torch.cat([torch.tanh(z / s) for s in MEAN_SCALES] + [m], dim=1)
 
 
+def to_grid(field, size, periodic=False):
+    """A coarse field (N, C, *grid) interpolated (trilinear, cell centres) onto ``size``, each
+    side an integer multiple of the grid's; with ``periodic`` the field wraps round the faces
+    (one cell of circular padding interpolated and cut off again) instead of being held
+    constant beyond the outer cell centres. A constant field stays that constant."""
+    grid = field.shape[2:]
+    if tuple(grid) == tuple(size):
+        return field
+    mode = "trilinear" if field.ndim == 5 else "bilinear"
+    if not periodic:
+        return F.interpolate(field, size=tuple(size), mode=mode, align_corners=False)
+    scale = [s // g for s, g in zip(size, grid)]
+    padded = F.pad(field, [1, 1] * len(grid), mode="circular")
+    out = F.interpolate(padded, size=[s + 2 * k for s, k in zip(size, scale)], mode=mode,
+                        align_corners=False)
+    return out[(slice(None), slice(None), *(slice(k, k + s) for k, s in zip(scale, size)))]
+
+
 def zero(module):
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -82,11 +100,16 @@ class ResBlock(nn.Module):
         self.conv2 = zero(conv(cout, cout, periodic=cfg.periodic, dims=cfg.dims,
                                padding=cfg.padding))
         self.skip = nn.Identity() if cin == cout else conv(cin, cout, kernel=1, dims=cfg.dims)
+        self.periodic = cfg.periodic  # how a condition field wraps (``UNet.set_periodic``)
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb(F.silu(emb))
-        h = h + e.reshape(*e.shape, *[1] * (h.ndim - 2)).to(h.dtype)
+        if emb.ndim == 2:
+            e = self.emb(F.silu(emb))
+            h = h + e.reshape(*e.shape, *[1] * (h.ndim - 2)).to(h.dtype)
+        else:  # a field of embeddings (N, E, *grid): projected per cell, then to h's grid
+            e = self.emb(F.silu(emb).movedim(1, -1)).movedim(-1, 1)
+            h = h + to_grid(e, h.shape[2:], self.periodic).to(h.dtype)
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -232,6 +255,8 @@ class UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.kernel_size[0] > 1:
                 m.padding_mode = "circular" if periodic else self.padding
+            if isinstance(m, ResBlock):
+                m.periodic = periodic
 
     def activation_bytes_per_voxel(self):
         """Bytes of activations per voxel of the input while sampling (no gradients, fp32):
@@ -262,9 +287,13 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x, t, x_self=None, cond=None, plane=None):
-        """``cond``: (N, k + 1) condition of ``mdiff.descriptors`` (None: unconditional);
-        ``plane``: (N,) or one index of the plane each image lies in (0 xy, 1 xz, 2 yz), for a
-        model with ``cfg.planes`` > 1."""
+        """``cond``: (N, k + 1) condition of ``mdiff.descriptors`` (None: unconditional), or a
+        field of them (N, k + 1, *grid) on a grid of which every level's side is an integer
+        multiple (the coarsest level's, or coarser): each cell's condition is embedded and
+        every block reads it interpolated to its own resolution, so one pass over a large
+        volume carries a composition that varies from place to place (a constant field gives
+        what the vector gives); ``plane``: (N,) or one index of the plane each image lies in
+        (0 xy, 1 xz, 2 yz), for a model with ``cfg.planes`` > 1."""
         ch = self.cfg.base_channels
         emb = self.time_embed(timestep_embedding(t, ch))
         if self.planes is not None:
@@ -276,11 +305,19 @@ class UNet(nn.Module):
         if self.cond_embed is not None:
             if cond is None:
                 cond = torch.zeros(len(x), self.cond_size + 1, device=x.device)
-            values, flag = cond[:, :-1], cond[:, -1:]
-            feats = timestep_embedding(values.reshape(-1) * 1000, ch).reshape(len(x), -1)
-            emb = emb + self.cond_embed(torch.cat([feats * flag, flag], dim=1))
+            grid = cond.shape[2:]
+            rows = cond.movedim(1, -1).reshape(-1, cond.shape[1])  # (N·cells, k + 1)
+            values, flag = rows[:, :-1], rows[:, -1:]
+            feats = timestep_embedding(values.reshape(-1) * 1000, ch).reshape(len(rows), -1)
+            embedded = self.cond_embed(torch.cat([feats * flag, flag], dim=1))
+            if grid:  # (N, E, *grid): every block reads it at its own resolution
+                embedded = embedded.reshape(len(x), *grid, -1).movedim(-1, 1)
+                emb = emb.reshape(*emb.shape, *[1] * len(grid)) + embedded
+            else:
+                emb = emb + embedded
         if self.mean_embed is not None:
-            emb = emb + self.mean_embed(mean_features(x))
+            m = self.mean_embed(mean_features(x))
+            emb = emb + m.reshape(*m.shape, *[1] * (emb.ndim - 2))
         if self.self_condition:
             x = torch.cat([x, torch.zeros_like(x) if x_self is None else x_self.to(x.dtype)], 1)
         h = self.input(x)

@@ -140,15 +140,15 @@ def test_a_larger_volume_without_target_draws_each_window(conditioned, tmp_path)
     alone = draws(plan, [3])
     assert torch.equal(rows[1::2], alone) and not torch.equal(rows[0::2], alone)
     assert not torch.equal(alone, draws(plan.but(seed=5), [3]))
-    both = gen.generate(SampleRequest(count=2, size=32, steps=2, seed=4))
+    both = gen.generate(SampleRequest(count=2, size=32, steps=2, seed=4, tiling="windows"))
     assert both.plan.tiling == "windows" and both.plan.drawn == "per window"
     assert both.conditions is None  # one per window, not per volume
-    assert np.array_equal(gen.sample(1, size=32, steps=2, seed=4, first=1)[0],
-                          both.volumes[1])
-    assert gen.plan(size=32, tiling="whole").drawn == "unconditional"
+    assert np.array_equal(gen.sample(1, size=32, steps=2, seed=4, first=1,
+                                     tiling="windows")[0], both.volumes[1])
+    assert gen.plan(size=32, tiling="whole").drawn == "per field"
     assert gen.plan(steps=2).drawn == "per volume"
     assert sample_main([str(conditioned), str(tmp_path / "o"), "-n", "1", "--size", "32",
-                        "--steps", "2"]) == 0
+                        "--steps", "2", "--tiling", "windows"]) == 0
     info = json.loads((tmp_path / "o" / "samples.json").read_text())
     assert info["tiling"] == "windows" and info["condition"]["drawn"] == "per window"
 
@@ -310,9 +310,10 @@ def test_default_guidance_is_1_4_for_drawn_compositions_and_1_at_a_target(condit
     gen = mdiff.load(conditioned, device="cpu")
     assert gen.plan().guidance == DRAWN_GUIDANCE == 1.4
     assert gen.plan(fractions=(0.5, 0.3, 0.2)).guidance == 1.0
-    assert gen.plan(size=32, tiling="whole").guidance == 1.0  # runs unconditioned
-    drawn = gen.plan(size=24)  # each window draws its own composition
+    drawn = gen.plan(size=24, tiling="windows")  # each window draws its own composition
     assert drawn.drawn == "per window" and drawn.guidance == 1.0
+    field = gen.plan(size=32, tiling="whole")  # made whole under a field of those draws
+    assert field.drawn == "per field" and field.guidance == 1.0
     assert gen.plan(guidance=2.0).guidance == 2.0
     plain = mdiff.train([volume], preset="tiny", out=tmp_path / "plain", train={"steps": 1},
                         unet={"condition": "none"}, **QUIET)
@@ -354,9 +355,11 @@ def test_holding_fractions_brings_each_volume_to_its_condition(conditioned, tmp_
     held = pinned.sample(4, steps=10, seed=2, fractions=target)  # the default
     assert error(held) < 0.5 * error(free) and error(held) < 0.04
     gen = mdiff.load(conditioned, device="cpu")
-    windows = gen.plan(size=32, hold_fractions=True)  # each window to its own draw
+    windows = gen.plan(size=32, tiling="windows")  # each window to its own draw
     assert windows.hold and windows.drawn == "per window"
-    assert not gen.plan(size=32, tiling="whole", hold_fractions=True).hold  # unconditional
+    field = gen.plan(size=32, tiling="whole")  # each cell's window to the field there
+    assert field.hold and field.drawn == "per field"
+    assert not gen.plan(size=32, hold_fractions=False).hold
     assert sample_main([str(conditioned), str(tmp_path / "h"), "-n", "1", "--steps", "2"]) == 0
     info = json.loads((tmp_path / "h" / "samples.json").read_text())
     assert info["condition"]["hold_fractions"] is True

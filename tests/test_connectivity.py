@@ -65,7 +65,7 @@ def test_draws_are_whole_vectors_of_real_training_cubes(connected):
     conds = gen.conditions(40, seed=5)[:, :-1]
     rows = {tuple(r) for r in recorded.tolist()}
     assert all(tuple(c) in rows for c in conds.tolist())
-    plan = gen.plan(size=32, count=1, seed=2)  # larger than the training cube: per window
+    plan = gen.plan(size=32, count=1, seed=2, tiling="windows")  # larger: per window
     assert plan.drawn == "per window"
     for call in conditioning.for_batch(plan, recorded, gen.model.factor, gen.patch, 0, 1):
         assert all(tuple(c) in rows for c in call[:, :-1].tolist())

@@ -96,8 +96,11 @@ def test_the_student_samples_every_way_a_checkpoint_does_in_its_own_calls(endpoi
     assert calls[0] == 4  # one batch, four calls, one branch each: guidance is in the weights
     assert np.array_equal(whole, gen.sample(3, seed=1, batch=1))  # volume i: (seed, i) alone
     calls[0] = 0
-    windows = gen.sample(1, size=(16, 16, 32), seed=1, windows=64)
+    windows = gen.sample(1, size=(16, 16, 32), seed=1, tiling="windows", windows=64)
     assert windows.shape == (1, 16, 16, 32) and calls[0] == 4
+    calls[0] = 0
+    field = gen.sample(1, size=(16, 16, 32), seed=1)  # made whole under a field of draws
+    assert field.shape == (1, 16, 16, 32) and calls[0] == 4
     assert gen.sample(1, size=32, periodic=True, seed=2).shape == (1, 32, 32, 32)
     target = gen.sample(2, fractions=(0.2, 0.3, 0.5), seed=3)
     assert target.shape == (2, 16, 16, 16)

@@ -32,7 +32,7 @@ def test_the_pin_covers_every_sampler_tiling_and_condition():
     assert {i["sampler"] for i in infos} == {"dpm++", "ddim", "ddpm"}
     assert {i["tiling"] for i in infos} == {"whole", "windows", "planes"}
     drawn = {i["condition"]["drawn"] for i in infos if i["condition"]}
-    assert drawn == {"per volume", "per window", "unconditional", None}
+    assert drawn == {"per volume", "per window", "per field", None}
     assert any(i["periodic"] and i["tiling"] == "windows" for i in infos)
     assert any(i["condition"] and i["condition"]["graded"] for i in infos)
     assert {i["condition"]["hold_fractions"] for i in infos if i["condition"]} == {True, False}

@@ -21,7 +21,7 @@ EXPECTED = HERE / "expected.json"
 VOLUMES = HERE / "expected_volumes.npz"
 
 # (name, model, mdiff-sample flags): every sampler, whole and windows, periodic, graded,
-# drawn compositions (per volume, per window, unconditional), a target, guidance, fractions
+# drawn compositions (per volume, per window, per field), a target, guidance, fractions
 # held (the default) and not, 2D fusions
 REQUESTS = [
     ("drawn_dpm", "3d", ["-n", "3", "--steps", "6"]),
@@ -33,8 +33,8 @@ REQUESTS = [
                              "--guidance", "2"]),
     ("windows_drawn", "3d", ["-n", "2", "--steps", "4", "--size", "32", "--tiling",
                              "windows", "--windows", "3"]),
-    ("whole_unconditional", "3d", ["-n", "1", "--steps", "4", "--size", "32", "--tiling",
-                                   "whole"]),
+    ("whole_field", "3d", ["-n", "1", "--steps", "4", "--size", "32", "--tiling",
+                           "whole"]),
     ("periodic_windows", "3d", ["-n", "1", "--steps", "4", "--size", "32", "--periodic",
                                 "--tiling", "windows", "--overlap", "0.5"]),
     ("periodic_whole", "3d", ["-n", "1", "--steps", "4", "--periodic"]),
