@@ -9,7 +9,7 @@ larger than the training cube (``drawn_windows``), a graded target at each windo
 callable (``guided``). ``for_batch`` picks among them from the plan.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -124,16 +124,46 @@ def drawn_windows(plan, factor, recorded, patch, volumes):
 
 @dataclass(frozen=True)
 class ConditionField:
-    """Conditions that vary over a volume made whole: ``values`` (N, k + 1, *grid) on cells
-    of ``cell`` voxels (the U-Net's down-sampling factor: every level's side is a multiple of
-    the grid's), and what holding its fractions needs: the window, in cells, over which a
-    neighbourhood's phase probabilities are held to the field (the training cube's side),
-    and whether the volume wraps round its faces."""
+    """Conditions that vary over a volume made whole: ``rows`` (N, A, B, C, k + 1), the
+    conditions of each volume's windows (A, B, C along z, y, x), and ``weights``, per axis an
+    (windows along it, cells) matrix whose columns sum to 1: a cell's condition is the mix of
+    the windows' with the product of the three weights (the windows' fusion weights there).
+    Cells are ``cell`` voxels wide (the U-Net's down-sampling factor, so that every level's
+    side is a multiple of the grid's); ``window`` (in cells) and ``periodic`` are what holding
+    its fractions needs."""
 
-    values: object
+    rows: object
+    weights: tuple
     cell: int
     window: int
     periodic: bool = False
+
+    def mix(self, values):
+        """(N, A, B, C, F) values of the windows → (N, F, X, Y, Z) mixed cell by cell, one
+        axis at a time (the full (windows, cells) weights are never formed)."""
+        w0, w1, w2 = (w.to(values.device, values.dtype) for w in self.weights)
+        values = torch.einsum("nabcf,cz->nabzf", values, w2)
+        values = torch.einsum("nabzf,by->nayzf", values, w1)
+        return torch.einsum("nayzf,ax->nxyzf", values, w0).movedim(-1, 1)
+
+    def embedded(self, embed):
+        """What the U-Net reads (``UNet.forward``): ``embed`` ((M, k + 1) → (M, E)) of every
+        window's condition, mixed into (N, E, X, Y, Z)."""
+        rows = self.rows
+        out = embed(rows.reshape(-1, rows.shape[-1]))
+        return self.mix(out.reshape(*rows.shape[:-1], -1))
+
+    def fractions(self, phases):
+        """(N, phases, X, Y, Z): each cell's mix of the windows' fractions."""
+        return self.mix(self.rows[..., :phases])
+
+    def to(self, device):
+        return replace(self, rows=self.rows.to(device))
+
+    def with_unconditional(self):
+        """The field over twice the volumes, the second half not given (the unconditional
+        branch of guidance)."""
+        return replace(self, rows=torch.cat([self.rows, torch.zeros_like(self.rows)]))
 
     def hold(self, p, rounds=3):
         """Phase probabilities p (N, C, D, H, W) scaled so that their mean over the window
@@ -142,7 +172,7 @@ class ConditionField:
         (``multiplane.hold_probabilities``) made local."""
         from .unet import to_grid
 
-        target = self.values[:, :p.shape[1]].to(p.device, p.dtype)
+        target = self.fractions(p.shape[1]).to(p.device, p.dtype)
         for _ in range(rounds):
             cells = F.avg_pool3d(p, self.cell)  # (N, C, *grid) cell means
             mean = self._around(cells).clamp_min(1e-8)
@@ -172,20 +202,19 @@ class ConditionField:
 
 def drawn_field(plan, factor, recorded, patch, volumes):
     """A ``ConditionField`` for ``volumes`` (their indices) of a volume made whole: the draws
-    the windows of ``plan.overlap`` would take (``window_draws``), each cell's condition their
-    mean weighted by each window's fusion weight there, so that the composition varies from
-    place to place as it does by windows, in one network pass instead of one a window."""
+    the windows of ``plan.overlap`` would take (``window_draws``), mixed in each cell with
+    each window's fusion weight there (its mean over the cell's voxels), so that the
+    composition varies from place to place as it does by windows, in one network pass
+    instead of one a window."""
     tiling = Tiling(plan.shape, patch, plan.overlap, plan.periodic, factor)
-    weights = [w.reshape(len(w), -1, factor).mean(2) for w in _window_weights(tiling)]
-    norm = torch.einsum("ax,by,cz->xyz", *weights)
-    fields = []
-    for i in volumes:
-        draws = window_draws(tiling, recorded, patch, plan.seed, i)
-        draws = draws.reshape(*(len(s) for s in tiling.starts), -1)
-        field = torch.einsum("ax,by,cz,abck->kxyz", *weights, draws) / norm
-        field[-1] = 1  # given everywhere, exactly
-        fields.append(field)
-    return ConditionField(torch.stack(fields), factor, max(1, patch // factor), plan.periodic)
+    weights = []
+    for w in _window_weights(tiling):
+        w = w.reshape(len(w), -1, factor).mean(2)
+        weights.append(w / w.sum(0, keepdim=True))
+    rows = [window_draws(tiling, recorded, patch, plan.seed, i)
+            .reshape(*(len(s) for s in tiling.starts), -1) for i in volumes]
+    return ConditionField(torch.stack(rows), tuple(weights), factor, max(1, patch // factor),
+                          plan.periodic)
 
 
 def for_batch(plan, recorded, factor, patch, start, count):
@@ -221,8 +250,6 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
     if cond is None:
         return model_fn
     field = cond if isinstance(cond, ConditionField) else None
-    if field is not None:
-        cond = field.values
     per_call = cond if isinstance(cond, list) else [cond]
     calls = [0]
 
@@ -231,27 +258,30 @@ def guided(model_fn, cond, guidance=1.0, hold=False):
             group = calls[0]
             calls[0] += 1
         c = per_call[group % len(per_call)].to(x.device)
-        c = c.repeat(len(x) // len(c), *[1] * (c.ndim - 1))
+        if field is None:
+            c = c.repeat(len(x) // len(c), 1)
         if guidance == 1:
             out = model_fn(x, t, *extra, cond=c)
         else:
             both = [None if e is None else torch.cat([e, e]) for e in extra]
             out = model_fn(torch.cat([x, x]), torch.cat([t, t]), *both,
-                           cond=torch.cat([c, torch.zeros_like(c)]))
+                           cond=c.with_unconditional() if field is not None
+                           else torch.cat([c, torch.zeros_like(c)]))
             cond_out, plain = out.chunk(2)
             out = plain + guidance * (cond_out - plain)
         if hold:
-            # rows whose condition is not given (dropped, as distillation feeds some) keep
-            # their own probabilities: there are no fractions to hold them to
             p = torch.softmax(out.float(), dim=1)
-            given = c[:, -1] > 0
             if field is not None:  # drawn: given everywhere
-                p = field.hold(p)
-            elif bool(given.all()):
-                p = hold_probabilities(p, c[:, :out.shape[1]])
-            elif bool(given.any()):
-                p = p.clone()
-                p[given] = hold_probabilities(p[given], c[given, :out.shape[1]])
+                p = c.hold(p)
+            else:
+                # rows whose condition is not given (dropped, as distillation feeds some)
+                # keep their own probabilities: there are no fractions to hold them to
+                given = c[:, -1] > 0
+                if bool(given.all()):
+                    p = hold_probabilities(p, c[:, :out.shape[1]])
+                elif bool(given.any()):
+                    p = p.clone()
+                    p[given] = hold_probabilities(p[given], c[given, :out.shape[1]])
             out = torch.log(p.clamp_min(1e-12))
         return out
 

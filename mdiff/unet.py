@@ -286,13 +286,23 @@ class UNet(nn.Module):
                 h = block(h, emb)
         return h
 
+    def embed_condition(self, cond):
+        """(M, k + 1) conditions → (M, E): each descriptor value through the sinusoidal
+        embedding (at value·1000), masked by the "given" flag, then the condition MLP."""
+        values, flag = cond[:, :-1], cond[:, -1:]
+        feats = timestep_embedding(values.reshape(-1) * 1000, self.cfg.base_channels)
+        return self.cond_embed(torch.cat([feats.reshape(len(cond), -1) * flag, flag], dim=1))
+
     def forward(self, x, t, x_self=None, cond=None, plane=None):
         """``cond``: (N, k + 1) condition of ``mdiff.descriptors`` (None: unconditional), or a
-        field of them (N, k + 1, *grid) on a grid of which every level's side is an integer
-        multiple (the coarsest level's, or coarser): each cell's condition is embedded and
-        every block reads it interpolated to its own resolution, so one pass over a large
-        volume carries a composition that varies from place to place (a constant field gives
-        what the vector gives); ``plane``: (N,) or one index of the plane each image lies in
+        field of conditions over the volume: an object whose ``embedded(embed)`` returns
+        (N, E, *grid), the embeddings ``embed`` gives its conditions mixed cell by cell
+        (``conditioning.ConditionField``), on a grid of which every level's side is an integer
+        multiple; every block reads it interpolated to its own resolution, so one pass over a
+        large volume carries a composition that varies from place to place (a field of one
+        condition gives what the vector gives). Conditions are mixed after the embedding, not
+        before: it resolves differences of 0.01, so a blend of values would oscillate from
+        cell to cell where a blend of embeddings changes as smoothly as its weights; ``plane``: (N,) or one index of the plane each image lies in
         (0 xy, 1 xz, 2 yz), for a model with ``cfg.planes`` > 1."""
         ch = self.cfg.base_channels
         emb = self.time_embed(timestep_embedding(t, ch))
@@ -305,16 +315,11 @@ class UNet(nn.Module):
         if self.cond_embed is not None:
             if cond is None:
                 cond = torch.zeros(len(x), self.cond_size + 1, device=x.device)
-            grid = cond.shape[2:]
-            rows = cond.movedim(1, -1).reshape(-1, cond.shape[1])  # (N·cells, k + 1)
-            values, flag = rows[:, :-1], rows[:, -1:]
-            feats = timestep_embedding(values.reshape(-1) * 1000, ch).reshape(len(rows), -1)
-            embedded = self.cond_embed(torch.cat([feats * flag, flag], dim=1))
-            if grid:  # (N, E, *grid): every block reads it at its own resolution
-                embedded = embedded.reshape(len(x), *grid, -1).movedim(-1, 1)
-                emb = emb.reshape(*emb.shape, *[1] * len(grid)) + embedded
+            if hasattr(cond, "embedded"):  # (N, E, *grid): each block at its own resolution
+                field = cond.embedded(self.embed_condition)
+                emb = emb.reshape(*emb.shape, *[1] * (field.ndim - 2)) + field
             else:
-                emb = emb + embedded
+                emb = emb + self.embed_condition(cond)
         if self.mean_embed is not None:
             m = self.mean_embed(mean_features(x))
             emb = emb + m.reshape(*m.shape, *[1] * (emb.ndim - 2))

@@ -31,20 +31,45 @@ def _tiny(periodic=False):
     return model
 
 
+def _field(rows, grid, periodic=False, cell=2, window=8):
+    """A ConditionField of rows (N, A, B, C, k + 1) with random mixing weights."""
+    gen = torch.Generator().manual_seed(1)
+    weights = []
+    for windows, cells in zip(rows.shape[1:4], grid):
+        w = torch.rand(windows, cells, generator=gen)
+        weights.append(w / w.sum(0, keepdim=True))
+    return conditioning.ConditionField(rows, tuple(weights), cell, window, periodic)
+
+
 @pytest.mark.parametrize("periodic", [False, True])
-def test_a_constant_field_is_its_condition_vector(periodic):
+def test_a_field_of_one_condition_is_its_condition_vector(periodic):
     model = _tiny(periodic)
     x, t = torch.randn(2, 3, 32, 16, 24), torch.tensor([30, 80])
     cond = descriptors.condition(torch.tensor([[0.3, 0.5, 0.2], [0.6, 0.2, 0.2]]))
     with torch.no_grad():
         plain = model(x, t, cond=cond)
         for grid in ((16, 8, 12), (4, 2, 3)):  # the coarsest level's cells, or coarser
-            field = cond[:, :, None, None, None].expand(-1, -1, *grid)
-            assert torch.allclose(model(x, t, cond=field), plain, atol=1e-5)
-        other = descriptors.condition(torch.tensor([[0.1, 0.1, 0.8]] * 2))
-        field = cond[:, :, None, None, None].repeat(1, 1, 16, 8, 12)
-        field[:, :, 8:] = other[:, :, None, None, None]
-        assert not torch.allclose(model(x, t, cond=field), plain, atol=1e-3)
+            rows = cond[:, None, None, None].expand(-1, 3, 2, 2, -1)
+            assert torch.allclose(model(x, t, cond=_field(rows, grid)), plain, atol=1e-5)
+        rows = cond[:, None, None, None].repeat(1, 2, 1, 1, 1)
+        rows[:, 1] = descriptors.condition(
+            torch.tensor([[0.1, 0.1, 0.8]] * 2))[:, None, None]
+        assert not torch.allclose(model(x, t, cond=_field(rows, (16, 8, 12))), plain,
+                                  atol=1e-3)
+
+
+def test_a_field_mixes_the_embeddings_of_its_conditions_cell_by_cell():
+    model = _tiny()
+    rows = descriptors.condition(torch.from_numpy(
+        np.random.default_rng(2).dirichlet((3, 2, 2), 2 * 3 * 2 * 4)).float())
+    field = _field(rows.reshape(2, 3, 2, 4, 4), (5, 4, 6))
+    with torch.no_grad():
+        got = field.embedded(model.embed_condition)
+        each = model.embed_condition(rows).reshape(2, 3, 2, 4, -1).double()
+    w0, w1, w2 = (w.double() for w in field.weights)
+    want = torch.einsum("ax,by,cz,nabce->nexyz", w0, w1, w2, each)
+    assert got.shape == (2, each.shape[-1], 5, 4, 6)
+    assert torch.allclose(got.double(), want, atol=1e-5)
 
 
 def test_to_grid_keeps_constants_and_wraps_a_periodic_field():
@@ -89,16 +114,18 @@ def test_the_field_blends_the_windows_draws_with_their_fusion_weights(periodic):
                            overlap=0.25)
     field = conditioning.for_batch(plan, recorded, factor, patch, 1, 2)
     assert isinstance(field, conditioning.ConditionField)
-    assert field.values.shape == (2, 4, 12, 20, 16) and field.cell == factor
-    assert field.window == patch // factor and field.periodic == periodic
     tiling = Tiling(shape, patch, 0.25, periodic, factor)
+    assert field.rows.shape == (2, *(len(s) for s in tiling.starts), 4)
+    assert field.cell == factor and field.window == patch // factor
+    assert field.periodic == periodic
+    mixed = field.mix(field.rows)
+    assert mixed.shape == (2, 4, 12, 20, 16)
     for k, i in enumerate((6, 7)):  # plan.first + start, ...: the windows' draws of volume i
         draws = conditioning.window_draws(tiling, recorded, patch, plan.seed, i)
-        assert np.allclose(field.values[k].numpy(), _brute_field(tiling, draws, factor),
-                           atol=1e-5)
+        assert torch.equal(field.rows[k].reshape(-1, 4), draws)
+        assert np.allclose(mixed[k].numpy(), _brute_field(tiling, draws, factor), atol=1e-5)
     # every cell's fractions are a blend of real training cubes': they sum to 1
-    assert torch.allclose(field.values[:, :3].sum(1), torch.ones(()), atol=1e-5)
-    assert torch.all(field.values[:, 3] == 1)
+    assert torch.allclose(field.fractions(3).sum(1), torch.ones(()), atol=1e-5)
 
 
 def _brute_around(cells, window, periodic):
@@ -129,14 +156,17 @@ def _brute_around(cells, window, periodic):
 def test_holding_a_field_brings_each_window_round_a_cell_to_it(periodic):
     gen = torch.Generator().manual_seed(0)
     cells = torch.rand(1, 2, 5, 3, 4, generator=gen, dtype=torch.float64)
-    field = conditioning.ConditionField(None, 2, 4, periodic)
+    field = conditioning.ConditionField(None, (), 2, 4, periodic)
     assert np.allclose(field._around(cells).numpy(), _brute_around(cells.numpy(), 4, periodic))
     # a target smooth at the window's scale (wrapping round the faces), random probabilities
     z = torch.arange(6, dtype=torch.float32)
     target = (0.45 + 0.25 * torch.cos(2 * math.pi * z / 6))[:, None, None].expand(6, 6, 8)
     fractions = torch.stack([target, 0.6 * (1 - target), 0.4 * (1 - target)])[None]
-    values = torch.cat([fractions, torch.ones(1, 1, 6, 6, 8)], 1)
-    field = conditioning.ConditionField(values, 2, 4, periodic)
+    # one "window" a cell along z (identity weights), one along y and x
+    rows = descriptors.condition(fractions[0, :, :, 0, 0].T).reshape(1, 6, 1, 1, 4)
+    weights = (torch.eye(6), torch.ones(1, 6), torch.ones(1, 8))
+    field = conditioning.ConditionField(rows, weights, 2, 4, periodic)
+    assert torch.allclose(field.fractions(3), fractions)
     p = torch.softmax(torch.randn(1, 3, 12, 12, 16, generator=gen), 1)
 
     def error(rounds):
@@ -155,11 +185,11 @@ def test_a_field_sets_the_composition_of_each_part_of_a_volume():
     plan = gen.plan(size=(16, 16, 64), count=1, steps=10, seed=1, tiling="whole")
     assert plan.drawn == "per field" and plan.hold
     rich, poor = (0.65, 0.2, 0.15), (0.15, 0.25, 0.6)
-    values = torch.empty(1, 4, 8, 8, 32)
-    values[:, :3, :, :, :16] = torch.tensor(rich)[:, None, None, None]
-    values[:, :3, :, :, 16:] = torch.tensor(poor)[:, None, None, None]
-    values[:, 3] = 1
-    field = conditioning.ConditionField(values, gen.model.factor, gen.patch // gen.model.factor)
+    rows = descriptors.condition(torch.tensor([rich, poor])).reshape(1, 1, 1, 2, 4)
+    halves = torch.zeros(2, 32)
+    halves[0, :16], halves[1, 16:] = 1, 1
+    field = conditioning.ConditionField(rows, (torch.ones(1, 8), torch.ones(1, 8), halves),
+                                        gen.model.factor, gen.patch // gen.model.factor)
     volumes = gen.make(plan, 0, 1, field)
     left, right = volumes[..., :24], volumes[..., 40:]  # away from the change of condition
     for part, want in ((left, rich), (right, poor)):
