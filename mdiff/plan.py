@@ -162,8 +162,11 @@ def draws_from_training(facts, request):
 
 def tiling_for(facts, request, shape):
     """The tiling a request needs before memory has its say: a graded target conditions each
-    window on its place, so it goes by windows under auto. (Drawn compositions of a larger
-    volume go either way: by windows, or made whole under a field of the windows' draws.)"""
+    window on its place, and a conditioned model without a target draws each window's
+    composition in a volume larger than the training cube: both go by windows under auto.
+    (Made whole, drawn compositions enter as a field of the windows' draws, at 2.5-2.9x the
+    speed but with finer, more broken structure: benchmarks/results, "Drawn compositions
+    made whole".)"""
     tiling = request.tiling or "auto"
     if tiling not in TILINGS:
         raise MdiffError(f"--tiling must be one of {TILINGS}, got {tiling!r}")
@@ -173,6 +176,9 @@ def tiling_for(facts, request, shape):
         if tiling == "whole":
             raise MdiffError("--fractions-along conditions each window on its place: use "
                              "--tiling windows (or auto)")
+        return "windows"
+    if draws_from_training(facts, request) and tiling == "auto" and facts.dims == 3 \
+            and max(shape) > facts.patch:
         return "windows"
     return tiling
 

@@ -99,7 +99,7 @@ def test_the_student_samples_every_way_a_checkpoint_does_in_its_own_calls(endpoi
     windows = gen.sample(1, size=(16, 16, 32), seed=1, tiling="windows", windows=64)
     assert windows.shape == (1, 16, 16, 32) and calls[0] == 4
     calls[0] = 0
-    field = gen.sample(1, size=(16, 16, 32), seed=1)  # made whole under a field of draws
+    field = gen.sample(1, size=(16, 16, 32), seed=1, tiling="whole")  # a field of draws
     assert field.shape == (1, 16, 16, 32) and calls[0] == 4
     assert gen.sample(1, size=32, periodic=True, seed=2).shape == (1, 32, 32, 32)
     target = gen.sample(2, fractions=(0.2, 0.3, 0.5), seed=3)

@@ -197,18 +197,20 @@ def test_a_field_sets_the_composition_of_each_part_of_a_volume():
         assert np.abs(np.subtract(got, want)).max() < 0.1, (got, want)
 
 
-def test_a_larger_volume_is_made_whole_under_a_field_by_default(tmp_path):
+def test_a_larger_volume_made_whole_draws_under_a_field(tmp_path):
     out = tmp_path / "big"
     assert sample_main([str(PINNED), str(out), "-n", "2", "--size", "32", "--steps", "3",
-                        "--threads", "1"]) == 0
+                        "--threads", "1", "--tiling", "whole"]) == 0
     info = json.loads((out / "samples.json").read_text())
     assert info["tiling"] == "whole" and info["condition"]["drawn"] == "per field"
     assert info["condition"]["field"] == {"window": 16, "overlap": 0.25, "cell": 2}
     assert info["condition"]["guidance"] == 1.0 and info["condition"]["hold_fractions"]
     gen = mdiff.load(PINNED, device="cpu")
-    one = gen.sample(1, size=32, steps=3, seed=info["seed"], first=1)
+    assert gen.plan(size=32).drawn == "per window"  # the default: by windows
+    one = gen.sample(1, size=32, steps=3, seed=info["seed"], first=1, tiling="whole")
     made = mdiff.read_volume(out / info["files"][1])
     assert np.array_equal(one[0], made)  # volume i of a field: (seed, i) alone
-    periodic = gen.sample(1, size=(32, 16, 32), steps=3, seed=0, periodic=True)
+    periodic = gen.sample(1, size=(32, 16, 32), steps=3, seed=0, periodic=True,
+                          tiling="whole")
     assert periodic.shape == (1, 32, 16, 32)
-    assert gen.plan(size=(32, 16, 32), periodic=True).drawn == "per field"
+    assert gen.plan(size=(32, 16, 32), periodic=True, tiling="whole").drawn == "per field"

@@ -240,13 +240,12 @@ def test_auto_tiling_takes_the_whole_volume_where_it_fits(ckpt, monkeypatch):
     gen = mdiff.load(ckpt)
     need = memory_needed(gen.facts, {"shape": (64, 64, 64), "tiling": "whole"}, 1)
     monkeypatch.setattr(runtime, "free_memory", lambda device: 2 * need)
-    target = {"fractions": (0.4, 0.3, 0.3)}
+    target = {"fractions": (0.4, 0.3, 0.3)}  # drawn compositions go by windows (below)
     assert gen.plan(size=64, **target).tiling == "whole"
-    # drawn compositions too, under a field of the draws its windows would take
-    assert gen.plan(size=64).tiling == "whole" and gen.plan(size=64).drawn == "per field"
+    assert gen.plan(size=64).tiling == "windows" and gen.plan(size=64).drawn == "per window"
+    assert gen.plan(size=64, tiling="whole").drawn == "per field"  # made whole: a field
     monkeypatch.setattr(runtime, "free_memory", lambda device: 2 * need - 1)
     assert gen.plan(size=64, **target).tiling == "windows"
-    assert gen.plan(size=64).drawn == "per window"
     assert gen.plan(size=16).tiling == "whole"  # the training size is always seen whole
 
 
