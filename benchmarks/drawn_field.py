@@ -58,7 +58,7 @@ def draws_of(gen, info):
     plan = gen.plan(size=info["size"], count=info["count"], seed=info["seed"], tiling="whole")
     field = conditioning.for_batch(plan, gen.record.descriptors, gen.model.factor, gen.patch,
                                    0, info["count"])
-    return field.values[:, :gen.phase_map.n].numpy(), gen.model.factor
+    return field.fractions(gen.phase_map.n).numpy(), gen.model.factor
 
 
 def _fit(x, y):
