@@ -37,8 +37,10 @@ class SampleRequest:
                      "memory grows with the volume); windows = overlapping training-size "
                      "windows fused at every step (memory bounded by --windows); auto "
                      "(default) = whole where it needs at most half the free memory, else "
-                     "windows. Drawn compositions vary from place to place either way: each "
-                     "window its own draw, or made whole under a field of the same draws",
+                     "windows; a conditioned model's drawn compositions go by windows "
+                     "(each window its own draw) unless whole is asked, which makes them "
+                     "under a field of the same draws: 2.5-2.9x faster, finer and more "
+                     "broken structure (docs/large-volumes.md)",
                      "--tiling", choices=("auto", "whole", "windows"))
     overlap: float = _f(None, "fraction of a window shared with its neighbour (--tiling "
                         "windows; default 0.25)", "--overlap", type=float)
@@ -84,8 +86,9 @@ class SampleRequest:
     hold_fractions: bool = _f(None, "a model conditioned on fractions (x0 objective): hold "
                               "each window's phase probabilities to its own condition's "
                               "fractions at every step, drawn or target (made whole under a "
-                              "field: each cell's window to the field there; default: on for such "
-                              "models; --no-hold-fractions turns it off)", "--hold-fractions",
+                              "field: each cell's window to the field there; default: on for "
+                              "such models; --no-hold-fractions turns it off)",
+                              "--hold-fractions",
                               action=argparse.BooleanOptionalAction)
     fuse: str = _f(None, "a 2D model: cycle = the slices along one axis a step, z, y, x in "
                    "turn (default); mean = at every step the x0 estimates of the slices along "
