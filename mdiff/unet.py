@@ -302,8 +302,9 @@ class UNet(nn.Module):
         large volume carries a composition that varies from place to place (a field of one
         condition gives what the vector gives). Conditions are mixed after the embedding, not
         before: it resolves differences of 0.01, so a blend of values would oscillate from
-        cell to cell where a blend of embeddings changes as smoothly as its weights; ``plane``: (N,) or one index of the plane each image lies in
-        (0 xy, 1 xz, 2 yz), for a model with ``cfg.planes`` > 1."""
+        cell to cell where a blend of embeddings changes as smoothly as its weights.
+        ``plane``: (N,) or one index of the plane each image lies in (0 xy, 1 xz, 2 yz), for
+        a model with ``cfg.planes`` > 1."""
         ch = self.cfg.base_channels
         emb = self.time_embed(timestep_embedding(t, ch))
         if self.planes is not None:
