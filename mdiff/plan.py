@@ -27,7 +27,9 @@ TILINGS = ("auto", "whole", "windows")
 OVERLAP, WINDOWS, SLICES = 0.25, 8, 64  # defaults of the request's None
 # The guidance where each volume's composition is drawn (no target): at 1 the generated
 # fractions follow the drawn ones with a slope of 0.59-0.74 and the set varies too little
-# (docs/composition.md). At a target, and for drawn windows, 1.
+# (docs/composition.md); with fractions held, 1 was re-measured and still judged a little worse
+# (benchmarks/results/README.md, "Guidance 1 for drawn compositions"). At a target, and for
+# drawn windows, 1.
 DRAWN_GUIDANCE = 1.4
 
 
