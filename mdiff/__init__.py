@@ -28,9 +28,10 @@ def distill(*args, **kwargs):
     return _distill(*args, **kwargs)
 
 
-def load(path, device="auto", use_ema=True, precision="fp32"):
+def load(path, device="auto", use_ema=True, precision="auto"):
     """A generator from a checkpoint: ``mdiff.load(ckpt).sample(n, size, sampler, steps, seed)``.
-    ``path`` may name a model that ships with mdiff (``mdiff.pretrained.index()``)."""
+    ``path`` may name a model that ships with mdiff (``mdiff.pretrained.index()``);
+    ``precision`` "auto" is bf16 where the device computes it natively, else fp32."""
     from .sampling import load as _load
 
     return _load(path, device, use_ema, precision)

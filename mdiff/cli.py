@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import MdiffError
+from .runtime import PRECISION_CHOICES
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -205,7 +206,10 @@ def sample_main(argv=None):
     parser.add_argument("out_dir", metavar="OUT_DIR")
     _request_flags(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="auto (default): bf16 autocast where the device computes bf16 "
+                             "natively (a CUDA GPU that has it, a CPU with avx512_bf16 or AMX "
+                             "in lscpu), else fp32; samples.json says which ran")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--format", dest="fmt", choices=("tif", "npy", "vti", "h5"),
                         default="tif",

@@ -11,6 +11,8 @@ import sys
 from .errors import MdiffError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# "auto": bf16 where the hardware computes it natively, else fp32 (``resolve_precision``)
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 def resolve_device(name):
@@ -27,6 +29,38 @@ def resolve_device(name):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MdiffError(f"--device {name}: CUDA is not available on this machine; use cpu")
     return device
+
+
+def native_bf16(device, cpuinfo="/proc/cpuinfo"):
+    """Whether ``device`` computes bf16 natively: a CUDA device that says so, or a CPU with
+    AVX512-BF16 or AMX (its flags in ``cpuinfo``; none where that cannot be read). Elsewhere
+    bf16 is emulated and slower than fp32."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open(cpuinfo) as info:
+            for line in info:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision, device):
+    """The precision a job runs at: "auto" is bf16 on a device with native bf16
+    (``native_bf16``), else fp32; the others are checked and kept."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in PRECISIONS:
+        raise MdiffError(f"precision must be one of {list(PRECISION_CHOICES)}, got "
+                         f"{precision!r}")
+    return precision
 
 
 def autocast(device, precision):

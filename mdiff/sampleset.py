@@ -62,7 +62,7 @@ def check_folder(out_dir, overwrite=False):
                          "choose another folder, or --overwrite to replace that set")
 
 
-def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_ema=True,
+def write_samples(ckpt, out_dir, request, device="auto", precision="auto", use_ema=True,
                   overwrite=False, log=None, fmt="tif"):
     """Write OUT_DIR/sample_000.tif, ... (``fmt``: tif, npy, vti or h5) and
     OUT_DIR/samples.json for ``request`` (a ``SampleRequest``); returns the paths."""
@@ -125,7 +125,7 @@ def write_samples(ckpt, out_dir, request, device="auto", precision="fp32", use_e
     paths = [out_dir / f"sample_{i:03d}.{fmt}" for i in range(n)]
     if not ctx.main:
         return paths
-    info = samples_json(gen, plan, request, ckpt, n, ctx.world, use_ema, precision,
+    info = samples_json(gen, plan, request, ckpt, n, ctx.world, use_ema, gen.precision,
                         time.perf_counter() - started, [p.name for p in paths],
                         "windows" if windows else "volumes", chosen)
     with atomic_path(partial / "samples.json") as tmp:
@@ -230,7 +230,7 @@ def _announce(gen, plan, n, world, here, windows=False):
                if student else
                f"{plan.sampler}{f' ({plan.steps} steps)' if plan.respaced else ''}")
             + f" on "
-            f"{gen.device}, checkpoint step {gen.step}; {how}"
+            f"{gen.device} ({gen.precision}), checkpoint step {gen.step}; {how}"
             f"{', periodic' if plan.periodic else ''}"
             + (f", guidance {plan.guidance:g}" if gen.condition != "none" and not student
                else "")
@@ -254,7 +254,7 @@ class _Progress:
 
 
 def sample_to_dir(ckpt, out_dir, n=4, size=None, sampler=None, steps=None, seed=0, batch=None,
-                  eta=None, device="auto", precision="fp32", use_ema=True, log=None,
+                  eta=None, device="auto", precision="auto", use_ema=True, log=None,
                   overwrite=False, fmt="tif", **fields):
     """``write_samples`` with the request's fields as keywords (the API before
     ``SampleRequest``; ``fractions_along`` as on the command line, [AXIS, "POS:F0,...", ...],

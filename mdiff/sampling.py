@@ -19,7 +19,7 @@ from .multiplane import multiplane_denoiser
 from .phases import PhaseMap
 from .plan import DRAWN_GUIDANCE, KIND_DEFAULTS, ModelFacts  # noqa: F401  (API names)
 from .request import SampleRequest
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, resolve_precision
 from .samplers import SAMPLERS
 from .tiling import tiled_denoiser
 from .unet import UNet
@@ -38,10 +38,10 @@ class Samples:
 class Generator:
     """A model rebuilt from a checkpoint's record, on a device, ready to sample."""
 
-    def __init__(self, state, device="auto", use_ema=True, precision="fp32", path=None):
+    def __init__(self, state, device="auto", use_ema=True, precision="auto", path=None):
         self.path = path
         self.device = resolve_device(device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         record = checkpoint.model_record(state, use_ema, path)
         self.record = record
         self.unet_config, self.diffusion_config = record.unet, record.diffusion
@@ -221,7 +221,7 @@ def _progress(progress, start, count, total_volumes, steps):
     return report, on_windows
 
 
-def load(path, device="auto", use_ema=True, precision="fp32"):
+def load(path, device="auto", use_ema=True, precision="auto"):
     """A Generator from a checkpoint file (read with ``weights_only=True``)."""
     return Generator(checkpoint.load(path), device, use_ema, precision, path=str(path))
 

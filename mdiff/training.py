@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from .errors import MdiffError
 from .io import atomic_path, check_image, check_volume, read_labels, same_spacing, \
     spacing_text
 from .phases import PhaseMap, check_labels, label_counts
-from .runtime import PRECISIONS, autocast, busy_warning, resolve_device  # noqa: F401
+from .runtime import (PRECISION_CHOICES, PRECISIONS, autocast, busy_warning,  # noqa: F401
+                      resolve_device, resolve_precision)
 from .unet import UNet
 
 CHECKPOINT = "checkpoint.pt"
@@ -276,6 +278,8 @@ def train(data=(), phases=None, example=False, preset="small", out="runs/mdiff",
     run = prepare(data, phases, example, preset, out, resume, unet, diffusion, train, planes,
                   log)
     device = resolve_device(run.tcfg.device)
+    # "auto" is settled once, where the run starts, and recorded: a resume keeps it
+    run.tcfg = override(run.tcfg, {"precision": resolve_precision(run.tcfg.precision, device)})
     ctx = distributed.setup(device.type)
     if device.type == "cuda" and ctx.world > 1:
         device = torch.device("cuda", ctx.local_rank)
@@ -420,6 +424,9 @@ def build(run, device, ctx, log):
         # and self-conditioning may run its extra no-grad pass on some ranks only
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+        # under bf16 autocast a 1x1x1 convolution's weight gradient comes with other strides
+        # on its size-1 dimensions: the same memory as the bucket's, which DDP warns of anyway
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
     if tcfg.compile:
         forward = torch.compile(forward)
     return TrainStep(model, ema, forward, opt, scaler, GaussianDiffusion.from_config(run.dcfg),
@@ -601,8 +608,8 @@ def _check(ucfg, dcfg, tcfg):
                          f"{2 ** (levels - 1)} for {levels} U-Net levels")
     if ucfg.base_channels * min(ucfg.channel_mult) % ucfg.heads:
         raise MdiffError(f"--heads {ucfg.heads} must divide the channel counts")
-    if tcfg.precision not in PRECISIONS:
-        raise MdiffError(f"--precision must be one of {list(PRECISIONS)}")
+    if tcfg.precision not in PRECISION_CHOICES:
+        raise MdiffError(f"--precision must be one of {list(PRECISION_CHOICES)}")
     if dcfg.schedule not in ("cosine", "linear"):
         raise MdiffError(f"--schedule must be cosine or linear, got {dcfg.schedule!r}")
     if dcfg.objective not in OBJECTIVES:

@@ -69,7 +69,9 @@ def run_request(flags, model, out):
     from mdiff.cli import sample_main
     from mdiff.io import read_volume
 
-    code = sample_main([str(MODELS[model]), str(out), "--threads", "1", *flags])
+    # fp32 named: "auto" would be bf16 on CPUs that have it, and the pin is one for every host
+    code = sample_main([str(MODELS[model]), str(out), "--threads", "1", "--precision", "fp32",
+                        *flags])
     assert code == 0, f"mdiff-sample {' '.join(flags)} exited {code}"
     info = json.loads((out / "samples.json").read_text())
     return [read_volume(out / f) for f in info["files"]], pinned_info(info)
