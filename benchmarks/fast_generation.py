@@ -7,8 +7,12 @@ two 1-thread processes under torchrun.
 
 Cases: ``set32`` (8 volumes of 32³, each model), ``v128`` (one 128³ volume, each model: the
 default path, windows with drawn compositions), ``v256`` (one 256³ volume, the student),
-``procs`` (8 volumes of 32³ from the teacher, 1 process × 2 threads against torchrun 2 × 1).
-Writes benchmarks/results/fast_generation_cpu.json (merged with the cases already there).
+``procs`` (8 volumes of 32³ from the teacher, 1 process × 2 threads against torchrun 2 × 1),
+``precision`` (8 volumes of 32³ from each model at fp32 and at bf16: the speed-up of bf16 and
+the share of voxels whose label it changes). The other cases run at ``mdiff-sample``'s default
+precision ("auto"); each record says which ran.
+Writes benchmarks/results/fast_generation_cpu.json, or --out (merged with the cases already
+there, so one file holds one teacher and student pair).
 """
 import argparse
 import json
@@ -51,8 +55,25 @@ def _rel(text):
 
 
 def sample(ckpt, out, *flags, threads=2):
-    return run(["mdiff-sample", str(ckpt), str(out), "--seed", "0", "--threads", str(threads),
-                *flags])
+    got = run(["mdiff-sample", str(ckpt), str(out), "--seed", "0", "--threads", str(threads),
+               *flags])
+    got["precision"] = json.loads((Path(out) / "samples.json").read_text())["precision"]
+    return got
+
+
+def precisions(ckpt, tmp, name):
+    """8 volumes of 32³ at fp32 and at bf16 from the same seed: times and changed labels."""
+    from mdiff.io import read_volume
+
+    got = {p: sample(ckpt, tmp / f"precision_{name}_{p}", "-n", "8", "--precision", p)
+           for p in ("fp32", "bf16")}
+    shares = [float((read_volume(tmp / f"precision_{name}_fp32" / f) !=
+                     read_volume(tmp / f"precision_{name}_bf16" / f)).mean())
+              for f in (f"sample_{i:03d}.tif" for i in range(8))]
+    got["bf16_speedup"] = round(got["fp32"]["wall_s"] / got["bf16"]["wall_s"], 2)
+    got["voxels_changed"] = {"mean": round(sum(shares) / len(shares), 6),
+                             "max": round(max(shares), 6)}
+    return got
 
 
 def main(argv=None):
@@ -60,13 +81,17 @@ def main(argv=None):
     ap.add_argument("teacher")
     ap.add_argument("student")
     ap.add_argument("--cases", nargs="+", default=["set32", "v128", "v256", "procs"])
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="results file (default %(default)s)")
     args = ap.parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out = args.out
+    results = json.loads(out.read_text()) if out.exists() else {}
     results.update({"device": f"CPU ({platform.machine()}), {_cores()} cores",
                     "date": time.strftime("%Y-%m-%d"),
                     "teacher": _rel(args.teacher), "student": _rel(args.student),
                     "command": "python benchmarks/fast_generation.py " + " ".join(
-                        [_rel(args.teacher), _rel(args.student), "--cases", *args.cases])})
+                        [_rel(args.teacher), _rel(args.student), "--cases", *args.cases]
+                        + ([] if out == RESULTS else ["--out", _rel(str(out))]))})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for case in args.cases:
@@ -88,13 +113,16 @@ def main(argv=None):
                            .read_bytes() for f in (f"sample_{i:03d}.tif" for i in range(8)))
                 got = {"one_process_2_threads": one, "two_processes_1_thread": two,
                        "same_volumes": same, "ratio": round(two["wall_s"] / one["wall_s"], 3)}
+            elif case == "precision":
+                got = {name: precisions(ck, tmp, name)
+                       for name, ck in (("teacher", args.teacher), ("student", args.student))}
             else:
                 raise SystemExit(f"unknown case {case}")
-            if "teacher" in got and "student" in got:
+            if "teacher" in got and "student" in got and case != "precision":
                 got["speedup"] = round(got["teacher"]["wall_s"] / got["student"]["wall_s"], 2)
             results[case] = got
             print(case, json.dumps(got, indent=1), flush=True)
-            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def _cores():
