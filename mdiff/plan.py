@@ -46,6 +46,7 @@ class ModelFacts:
     objective: str
     timesteps: int
     activation_bytes: int  # per voxel the network sees at once
+    feature_bytes: int = 0  # per voxel of one full-resolution feature map (fp32)
     image_fractions: tuple = None  # a 2D model's training images' composition
     device: str = "cpu"
     labels: tuple = None  # the phases' labels (what --targets names them by)
@@ -328,11 +329,13 @@ def make_plan(facts, request, seed=None):
     tiling = geometry["tiling"]
     if profile is not None and tiling != "windows":
         raise MdiffError("--fractions-along needs a volume larger than the training cube")
+    drawn = drawn_as(facts, request, tiling, shape) if facts.dims == 3 else None
+    guidance = guidance_for(request, drawn, facts)
     small = tiling == "whole" and math.prod(shape) <= facts.patch ** 3
-    batch = int(request.batch or min(count, 8 if small else 1))
+    batch = int(request.batch or default_batch(facts, count, shape, small,
+                                               1 if guidance == 1 else 2))
     if batch < 1:
         raise MdiffError("the number of volumes and the batch size must be at least 1")
-    drawn = drawn_as(facts, request, tiling, shape) if facts.dims == 3 else None
     if drawn == "per field":  # the windows whose draws the field blends
         geometry.update(window=facts.patch, overlap=OVERLAP if request.overlap is None
                         else float(request.overlap))
@@ -344,7 +347,7 @@ def make_plan(facts, request, seed=None):
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     plan = Plan(count=count, shape=shape, batch=batch, sampler=sampler, steps=steps, eta=eta,
                 variance=request.variance, seed=int(seed), first=int(request.first),
-                guidance=guidance_for(request, drawn, facts), drawn=drawn, target=target,
+                guidance=guidance, drawn=drawn, target=target,
                 profile=profile, respaced=SAMPLERS[sampler].steps is not None,
                 hold=hold_for(facts, request), transport=transport,
                 **dict(zip(("tolerance", "max_candidates"), selection.check(
@@ -353,6 +356,28 @@ def make_plan(facts, request, seed=None):
                 else float(facts.student["guidance"]), **geometry)
     check_plan_memory(facts, plan)
     return plan
+
+
+# glibc serves every allocation of 32 MiB or more by a fresh mapping, whatever mallopt says
+# (its ceiling for M_MMAP_THRESHOLD, which runtime.KEEP_FREED sets to it)
+HEAP_CEILING = 32 << 20
+
+
+def default_batch(facts, count, shape, small, branches):
+    """Volumes a network call takes where the request names no batch: one for a volume
+    larger than the training cube (its windows or whole pass fill the device), else up to 8.
+    On a CPU fewer, split into equal batches, where a batch's full-resolution feature maps
+    (``branches`` of them a volume under guidance) would reach glibc's heap ceiling: each map
+    would then come from a fresh mapping, and refilling its pages costs kernel time on every
+    layer of every step (benchmarks/results/README.md, "Speed at the default precision")."""
+    if not small:
+        return 1
+    most = 8
+    if facts.device == "cpu" and facts.feature_bytes:
+        per_volume = branches * math.prod(shape) * facts.feature_bytes
+        most = max(1, min(most, (HEAP_CEILING - 1) // per_volume))
+        return -(-count // -(-count // most))
+    return min(count, most)
 
 
 def _volume_geometry(facts, request, shape, tiling):

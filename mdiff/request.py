@@ -30,8 +30,9 @@ class SampleRequest:
                     "ancestral sampling (default of 2D models)", "--eta", type=float)
     seed: int = _f(None, "same seed -> same volumes (volume i depends on seed and i alone; "
                    "in the API, None draws one)", "--seed", type=int)
-    batch: int = _f(None, "volumes per forward pass (default min(n, 8) for volumes of the "
-                    "training size, else 1)", "--batch", type=int)
+    batch: int = _f(None, "volumes per forward pass (default: for volumes of the training "
+                    "size up to 8, on a CPU in equal batches whose feature maps stay under "
+                    "glibc's 32 MiB heap ceiling; else 1)", "--batch", type=int)
     tiling: str = _f(None, "volumes larger than the training cube: whole = the network on the "
                      "whole volume, attention in training-size windows (faster, no seams; "
                      "memory grows with the volume); windows = overlapping training-size "

@@ -276,3 +276,29 @@ def test_evaluate_pins_the_allocator_thresholds_where_glibc_allows_it(monkeypatc
     monkeypatch.setattr(runtime, "return_freed_memory", lambda: pinned.append(1))
     assert evaluate_main(["real.tif", "gen", "--size", "2"]) == 2  # refused after the pinning
     assert pinned == [1]
+
+
+def test_default_batch_keeps_a_cpu_batchs_feature_maps_under_the_heap_ceiling(ckpt):
+    import dataclasses
+
+    from mdiff.plan import HEAP_CEILING, default_batch
+
+    gen = mdiff.load(ckpt, device="cpu", precision="fp32")
+    tiny = gen.facts.feature_bytes * 16 ** 3  # one volume's full-resolution map, one branch
+    assert tiny == 4 * 8 * 16 ** 3 and gen.plan(count=8).batch == 8  # far below: 8 a call
+    # a model whose map is just over an eighth of the ceiling a volume: under guidance (2
+    # branches) 4 volumes reach it, so 8 volumes go 3 + 3 + 2, and 4 volumes 2 + 2
+    wide = dataclasses.replace(gen.facts, feature_bytes=HEAP_CEILING // 8 // 16 ** 3 + 1)
+    assert [default_batch(wide, n, (16,) * 3, True, 2) for n in (8, 4, 1)] == [3, 2, 1]
+    assert default_batch(wide, 8, (16,) * 3, True, 1) == 8 // 2  # one branch: 8 → 4 + 4
+    assert default_batch(wide, 8, (32,) * 3, False, 2) == 1  # larger volumes: one a call
+    gpu = dataclasses.replace(wide, device="cuda")  # no glibc heap there: up to 8
+    assert default_batch(gpu, 10, (16,) * 3, True, 2) == 8
+    # the batch is arithmetic only: the same volumes whatever it is (fp32)
+    gen.facts = wide
+    plan = gen.plan(count=5, steps=3, seed=2, fractions=(0.4, 0.3, 0.3), guidance=1.5)
+    assert plan.batch == 3
+    alone = gen.sample(5, steps=3, seed=2, fractions=(0.4, 0.3, 0.3), guidance=1.5)
+    together = gen.sample(5, steps=3, seed=2, fractions=(0.4, 0.3, 0.3), guidance=1.5,
+                          batch=5)
+    np.testing.assert_array_equal(alone, together)
