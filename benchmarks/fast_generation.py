@@ -9,8 +9,10 @@ Cases: ``set32`` (8 volumes of 32³, each model), ``v128`` (one 128³ volume, ea
 default path, windows with drawn compositions), ``v256`` (one 256³ volume, the student),
 ``procs`` (8 volumes of 32³ from the teacher, 1 process × 2 threads against torchrun 2 × 1),
 ``precision`` (8 volumes of 32³ from each model at fp32 and at bf16: the speed-up of bf16 and
-the share of voxels whose label it changes). The other cases run at ``mdiff-sample``'s default
-precision ("auto"); each record says which ran.
+the share of voxels whose label it changes), ``batch`` (16 volumes of 32³ from the teacher
+at the default batch and at ``--batch 8``, at fp32 and at bf16: the system time a batch's
+feature maps cost above glibc's heap ceiling). The other cases run at ``mdiff-sample``'s
+default precision ("auto"); each record says which ran.
 Writes benchmarks/results/fast_generation_cpu.json, or --out (merged with the cases already
 there, so one file holds one teacher and student pair).
 """
@@ -86,12 +88,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = args.out
     results = json.loads(out.read_text()) if out.exists() else {}
+    command = "python benchmarks/fast_generation.py " + " ".join(
+        [_rel(args.teacher), _rel(args.student), "--cases", *args.cases]
+        + ([] if out == RESULTS else ["--out", _rel(str(out))]))
     results.update({"device": f"CPU ({platform.machine()}), {_cores()} cores",
                     "date": time.strftime("%Y-%m-%d"),
                     "teacher": _rel(args.teacher), "student": _rel(args.student),
-                    "command": "python benchmarks/fast_generation.py " + " ".join(
-                        [_rel(args.teacher), _rel(args.student), "--cases", *args.cases]
-                        + ([] if out == RESULTS else ["--out", _rel(str(out))]))})
+                    "command": command})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for case in args.cases:
@@ -113,6 +116,14 @@ def main(argv=None):
                            .read_bytes() for f in (f"sample_{i:03d}.tif" for i in range(8)))
                 got = {"one_process_2_threads": one, "two_processes_1_thread": two,
                        "same_volumes": same, "ratio": round(two["wall_s"] / one["wall_s"], 3)}
+            elif case == "batch":
+                got = {f"{p}_{b}": sample(args.teacher, tmp / f"batch_{p}_{b}", "-n", "16",
+                                          "--precision", p, *([] if b == "default" else
+                                                              ["--batch", b]))
+                       for p in ("fp32", "bf16") for b in ("default", "8")}
+                for key in list(got):
+                    got[key]["batch"] = json.loads((tmp / f"batch_{key}" / "samples.json")
+                                                   .read_text())["batch"]
             elif case == "precision":
                 got = {name: precisions(ck, tmp, name)
                        for name, ck in (("teacher", args.teacher), ("student", args.student))}
@@ -120,6 +131,7 @@ def main(argv=None):
                 raise SystemExit(f"unknown case {case}")
             if "teacher" in got and "student" in got and case != "precision":
                 got["speedup"] = round(got["teacher"]["wall_s"] / got["student"]["wall_s"], 2)
+            got["run_by"] = command  # the file may merge cases of several runs
             results[case] = got
             print(case, json.dumps(got, indent=1), flush=True)
             out.write_text(json.dumps(results, indent=1) + "\n")
