@@ -6,7 +6,8 @@ two 1-thread processes under torchrun.
     python benchmarks/fast_generation.py TEACHER.pt STUDENT.pt [--cases ...]
 
 Cases: ``set32`` (8 volumes of 32³, each model), ``v128`` (one 128³ volume, each model: the
-default path, windows with drawn compositions), ``v256`` (one 256³ volume, the student),
+default path, windows with drawn compositions), ``v256`` and ``v512`` (one 256³ or 512³
+volume, the student; 512³ is not in the default cases: ~40 minutes on a 2-core CPU),
 ``procs`` (8 volumes of 32³ from the teacher, 1 process × 2 threads against torchrun 2 × 1),
 ``precision`` (8 volumes of 32³ from each model at fp32 and at bf16: the speed-up of bf16 and
 the share of voxels whose label it changes), ``batch`` (16 volumes of 32³ from the teacher
@@ -104,8 +105,9 @@ def main(argv=None):
             elif case == "v128":
                 got = {name: sample(ck, tmp / f"{case}_{name}", "-n", "1", "--size", "128")
                        for name, ck in (("teacher", args.teacher), ("student", args.student))}
-            elif case == "v256":
-                got = {"student": sample(args.student, tmp / case, "-n", "1", "--size", "256")}
+            elif case in ("v256", "v512"):
+                got = {"student": sample(args.student, tmp / case, "-n", "1", "--size",
+                                         case[1:])}
             elif case == "procs":
                 one = sample(args.teacher, tmp / "procs_1", "-n", "8")
                 two = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
