@@ -60,7 +60,8 @@ def _rel(text):
 def sample(ckpt, out, *flags, threads=2):
     got = run(["mdiff-sample", str(ckpt), str(out), "--seed", "0", "--threads", str(threads),
                *flags])
-    got["precision"] = json.loads((Path(out) / "samples.json").read_text())["precision"]
+    info = json.loads((Path(out) / "samples.json").read_text())
+    got.update(precision=info["precision"], batch=info["batch"])
     return got
 
 
@@ -123,9 +124,6 @@ def main(argv=None):
                                           "--precision", p, *([] if b == "default" else
                                                               ["--batch", b]))
                        for p in ("fp32", "bf16") for b in ("default", "8")}
-                for key in list(got):
-                    got[key]["batch"] = json.loads((tmp / f"batch_{key}" / "samples.json")
-                                                   .read_text())["batch"]
             elif case == "precision":
                 got = {name: precisions(ck, tmp, name)
                        for name, ck in (("teacher", args.teacher), ("student", args.student))}

@@ -358,11 +358,6 @@ def make_plan(facts, request, seed=None):
     return plan
 
 
-# glibc serves every allocation of 32 MiB or more by a fresh mapping, whatever mallopt says
-# (its ceiling for M_MMAP_THRESHOLD, which runtime.KEEP_FREED sets to it)
-HEAP_CEILING = 32 << 20
-
-
 def default_batch(facts, count, shape, small, branches):
     """Volumes a network call takes where the request names no batch: one for a volume
     larger than the training cube (its windows or whole pass fill the device), else up to 8.
@@ -375,7 +370,7 @@ def default_batch(facts, count, shape, small, branches):
     most = 8
     if facts.device == "cpu" and facts.feature_bytes:
         per_volume = branches * math.prod(shape) * facts.feature_bytes
-        most = max(1, min(most, (HEAP_CEILING - 1) // per_volume))
+        most = max(1, min(most, (runtime.HEAP_CEILING - 1) // per_volume))
         return -(-count // -(-count // most))
     return min(count, most)
 

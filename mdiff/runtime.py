@@ -52,14 +52,18 @@ def native_bf16(device, cpuinfo="/proc/cpuinfo"):
     return False
 
 
+def check_precision(precision, choices=PRECISION_CHOICES):
+    """One line (MdiffError) where ``precision`` is not one of ``choices``."""
+    if precision not in choices:
+        raise MdiffError(f"precision must be one of {list(choices)}, got {precision!r}")
+
+
 def resolve_precision(precision, device):
     """The precision a job runs at: "auto" is bf16 on a device with native bf16
     (``native_bf16``), else fp32; the others are checked and kept."""
+    check_precision(precision)
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if precision not in PRECISIONS:
-        raise MdiffError(f"precision must be one of {list(PRECISION_CHOICES)}, got "
-                         f"{precision!r}")
     return precision
 
 
@@ -67,8 +71,7 @@ def autocast(device, precision):
     """bf16/fp16 autocast on the device, or nothing for fp32 (nanoGPT's three lines)."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise MdiffError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    check_precision(precision, PRECISIONS)  # "auto" is settled before (resolve_precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -132,9 +135,13 @@ def running_elsewhere():
 
 
 # glibc's mallopt parameters and what sampling sets them to: allocations up to 32 MiB from the
-# heap (not a fresh mmap each time), freed memory kept up to 1 GiB, 256 MiB of padding
+# heap (not a fresh mmap each time), freed memory kept up to 1 GiB, 256 MiB of padding.
+# 32 MiB is the most M_MMAP_THRESHOLD takes: every allocation from it on is a fresh mapping
+# whatever is set (what plan.default_batch keeps a CPU batch's feature maps under)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20))
+HEAP_CEILING = 32 << 20
+KEEP_FREED = ((_M_MMAP_THRESHOLD, HEAP_CEILING), (_M_TRIM_THRESHOLD, 1 << 30),
+              (_M_TOP_PAD, 256 << 20))
 
 
 def keep_freed_memory():

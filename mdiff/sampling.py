@@ -64,7 +64,7 @@ class Generator:
             mean_input=record.unet.mean_input, objective=self.diffusion.objective,
             timesteps=self.diffusion.num_timesteps,
             activation_bytes=self.model.activation_bytes_per_voxel(),
-            feature_bytes=4 * record.unet.base_channels * record.unet.channel_mult[0],
+            feature_bytes=self.model.feature_bytes_per_voxel(),
             image_fractions=None if fractions is None else tuple(fractions.tolist()),
             device=str(self.device), labels=tuple(int(v) for v in self.phase_map.labels),
             recorded=record.descriptors, student=record.student)

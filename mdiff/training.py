@@ -32,8 +32,7 @@ from .errors import MdiffError
 from .io import atomic_path, check_image, check_volume, read_labels, same_spacing, \
     spacing_text
 from .phases import PhaseMap, check_labels, label_counts
-from .runtime import (PRECISION_CHOICES, PRECISIONS, autocast, busy_warning,  # noqa: F401
-                      resolve_device, resolve_precision)
+from .runtime import autocast, busy_warning, check_precision, resolve_device, resolve_precision
 from .unet import UNet
 
 CHECKPOINT = "checkpoint.pt"
@@ -608,8 +607,7 @@ def _check(ucfg, dcfg, tcfg):
                          f"{2 ** (levels - 1)} for {levels} U-Net levels")
     if ucfg.base_channels * min(ucfg.channel_mult) % ucfg.heads:
         raise MdiffError(f"--heads {ucfg.heads} must divide the channel counts")
-    if tcfg.precision not in PRECISION_CHOICES:
-        raise MdiffError(f"--precision must be one of {list(PRECISION_CHOICES)}")
+    check_precision(tcfg.precision)
     if dcfg.schedule not in ("cosine", "linear"):
         raise MdiffError(f"--schedule must be cosine or linear, got {dcfg.schedule!r}")
     if dcfg.objective not in OBJECTIVES:

@@ -258,6 +258,11 @@ class UNet(nn.Module):
             if isinstance(m, ResBlock):
                 m.periodic = periodic
 
+    def feature_bytes_per_voxel(self):
+        """Bytes per voxel of the input of one full-resolution feature map (fp32): what a
+        batch's largest allocations scale with (``plan.default_batch``)."""
+        return 4 * self.cfg.channel_mult[0] * self.cfg.base_channels
+
     def activation_bytes_per_voxel(self):
         """Bytes of activations per voxel of the input while sampling (no gradients, fp32):
         the skip connections of every level (a level of side S/2^l holds 1/8^l of the voxels)

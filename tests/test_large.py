@@ -281,7 +281,8 @@ def test_evaluate_pins_the_allocator_thresholds_where_glibc_allows_it(monkeypatc
 def test_default_batch_keeps_a_cpu_batchs_feature_maps_under_the_heap_ceiling(ckpt):
     import dataclasses
 
-    from mdiff.plan import HEAP_CEILING, default_batch
+    from mdiff.plan import default_batch
+    from mdiff.runtime import HEAP_CEILING
 
     gen = mdiff.load(ckpt, device="cpu", precision="fp32")
     tiny = gen.facts.feature_bytes * 16 ** 3  # one volume's full-resolution map, one branch
