@@ -10,6 +10,10 @@
 #   VARIANT=connectivity FLAGS="--condition connectivity" \
 #       bash benchmarks/learning_curve.sh berea_2phase_200 2 150 1600
 #   DATA=runs/synth_l10.tif bash benchmarks/learning_curve.sh synth_l10 2 144 1600 3200
+#   VARIANT=p64 FLAGS="--patch 64 --batch-size 1" COUNT=8 SIZE=64 \
+#       bash benchmarks/learning_curve.sh berea_2phase_200 2 150 800
+#
+# COUNT (default 32) volumes are sampled a point, of side SIZE (default: the training cube's).
 #
 # Steps ran at 0.95 a second on one thread of this project's CPU on 2026-12-02 (bf16, native
 # avx512_bf16), so 1600 steps are ~28 CPU minutes; each point adds ~8 minutes of sampling.
@@ -44,6 +48,7 @@ for steps in "$@"; do
     mv "$run/at_$steps.pt.part" "$run/at_$steps.pt"
   fi
   if [ ! -f "$run/samples_$steps/samples.json" ]; then
-    mdiff-sample "$run/at_$steps.pt" "$run/samples_$steps" -n 32 --threads 1 --overwrite
+    mdiff-sample "$run/at_$steps.pt" "$run/samples_$steps" -n "${COUNT:-32}" --threads 1 \
+        ${SIZE:+--size "$SIZE"} --overwrite
   fi
 done

@@ -264,3 +264,45 @@ def test_the_topology_term_adds_to_the_x0_loss_only_where_weighted():
     extra = 0.5 * soft_cldice(torch.softmax(logits, 1), x)
     assert torch.allclose(weighted.training_losses(model, x_start, t, noise),
                           plain.training_losses(model, x_start, t, noise) + extra)
+
+
+@pytest.mark.parametrize("shape", [(9, 14, 11), (16, 7, 12)])
+def test_thin_parts_are_what_an_opening_of_radius_two_removes(shape):
+    """Against scipy.ndimage: the voxels of each phase that erosion then dilation by the
+    face-neighbour cross, twice each, removes (the outside neither erodes nor dilates)."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from mdiff.diffusion import THIN_RADIUS, thin_parts
+
+    rng = np.random.default_rng(7)
+    labels = (ndimage.uniform_filter(rng.random(shape), 3) * 3).astype(int).clip(0, 2)
+    one_hot = np.stack([labels == k for k in range(3)])
+    x_start = torch.from_numpy(one_hot).float()[None].transpose(2, 4) * 2 - 1  # non-contiguous
+    got = thin_parts(x_start)[0].transpose(0, 2).numpy()
+    cross = ndimage.generate_binary_structure(3, 1)
+    want = np.zeros(shape, dtype=bool)
+    for m in one_hot:
+        opened = ndimage.binary_dilation(
+            ndimage.binary_erosion(m, cross, THIN_RADIUS, border_value=1), cross, THIN_RADIUS)
+        want |= m & ~opened
+    assert want.any() and not want.all()
+    assert np.array_equal(got > 0.5, want) and set(np.unique(got)) <= {0.0, 1.0}
+
+
+def test_the_thin_weight_is_a_weighted_mean_of_the_cross_entropy():
+    from mdiff.config import DiffusionConfig
+    from mdiff.diffusion import thin_parts
+
+    x = torch.zeros(2, 2, 10, 10, 10)
+    x[:, 1, :, 2:8, 2:8] = 1  # a bar: bulk
+    x[:, 1, :, 4, 8:10] = 1  # and a one-voxel fin: thin
+    x[:, 0] = 1 - x[:, 1]
+    x_start = x * 2 - 1
+    t, noise = torch.tensor([10, 60]), torch.randn_like(x_start)
+    logits = torch.randn_like(x_start)
+    weighted = GaussianDiffusion.from_config(DiffusionConfig(timesteps=100, objective="x0",
+                                                             thin_weight=3.0))
+    ce = torch.nn.functional.cross_entropy(logits, x.argmax(1), reduction="none").flatten(1)
+    w = 1 + 3.0 * thin_parts(x_start).flatten(1)
+    assert (w > 1).any()
+    assert torch.allclose(weighted.training_losses(lambda x_t, tt: logits, x_start, t, noise),
+                          (w * ce).sum(1) / w.sum(1))

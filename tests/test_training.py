@@ -321,6 +321,11 @@ def test_cli_objective_flags(data_file, tmp_path, capsys):
                        "--steps", "2", "--topology-weight", "0.1"]) == 0
     assert json.loads((tmp_path / "r4" / "config.json").read_text())["diffusion"][
         "topology_weight"] == 0.1
+    capsys.readouterr()
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r5"),
+                       "--objective", "v", "--thin-weight", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--thin-weight" in err and not (tmp_path / "r5").exists()
 
 
 def test_busy_warning_only_for_a_many_thread_job_on_a_loaded_machine(monkeypatch):
