@@ -36,9 +36,14 @@ def main():
         sys.exit(f"central_cubes.py: no .tif volumes in {args.src}")
     out = Path(args.dst)
     out.mkdir(parents=True, exist_ok=True)
+    if args.size < 1:
+        sys.exit(f"central_cubes.py: --size must be at least 1, got {args.size}")
     for i, path in enumerate(files):
-        mdiff.write_volume(str(out / f"{i:04d}.tif"), central(mdiff.read_volume(str(path)),
-                                                              args.size))
+        try:
+            cube = central(mdiff.read_volume(str(path)), args.size)
+        except ValueError as err:
+            sys.exit(f"central_cubes.py: {path}: {err}")
+        mdiff.write_volume(str(out / f"{i:04d}.tif"), cube)
     print(f"central_cubes.py: {len(files)} cubes of {args.size}³ in {out}")
 
 

@@ -633,12 +633,11 @@ def _check(ucfg, dcfg, tcfg):
     if dcfg.snr_gamma > 0 and dcfg.objective == "x0":
         raise MdiffError("--snr-gamma weighs the eps and v losses; the x0 objective's "
                          "cross-entropy has no SNR weight (use --objective eps or v)")
-    if dcfg.topology_weight < 0 or (dcfg.topology_weight > 0 and dcfg.objective != "x0"):
-        raise MdiffError("--topology-weight must be >= 0, and it weighs a term on the x0 "
-                         "objective's phase probabilities (use --objective x0)")
-    if dcfg.thin_weight < 0 or (dcfg.thin_weight > 0 and dcfg.objective != "x0"):
-        raise MdiffError("--thin-weight must be >= 0, and it weighs the x0 objective's "
-                         "cross-entropy (use --objective x0)")
+    for name in ("topology_weight", "thin_weight"):  # terms of the x0 objective's loss
+        weight = getattr(dcfg, name)
+        if weight < 0 or (weight > 0 and dcfg.objective != "x0"):
+            raise MdiffError(f"--{name.replace('_', '-')} must be >= 0, and it weighs a term "
+                             "of the x0 objective's loss (use --objective x0)")
     for name in ("steps", "batch_size", "save_every", "log_every", "timesteps"):
         cfg = dcfg if name == "timesteps" else tcfg
         if getattr(cfg, name) < 1:
