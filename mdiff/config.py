@@ -73,6 +73,12 @@ class DiffusionConfig:
                                  "opening of radius 2 removes from their phase in the clean "
                                  "cube, the parts under ~5 voxels thick such as throats "
                                  "(weight 1 + this; the loss stays a weighted mean); 0 = off")
+    span_weight: float = _f(0.0, "x0 objective: extra cross-entropy weight of the voxels whose "
+                                 "cluster of their own phase joins two opposite faces of the "
+                                 "cube (its paths through it; weight 1 + this); 0 = off")
+    span_radius: int = _f(0, "the clusters --span-weight weighs are those of each phase opened "
+                             "by this radius (0: the phase itself; 2: its channels ~5 voxels "
+                             "thick and more)")
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,15 @@ class GaussianDiffusion:
     ``self_condition``: the model takes the previous x̂_0 as a third argument (Chen et al. 2022)."""
 
     def __init__(self, betas, timestep_map=None, objective="eps", snr_gamma=0.0,
-                 self_condition=False, topology_weight=0.0, thin_weight=0.0):
+                 self_condition=False, topology_weight=0.0, thin_weight=0.0, span_weight=0.0,
+                 span_radius=0):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: use one of {OBJECTIVES}")
         self.objective = objective
         self.topology_weight = float(topology_weight)
         self.thin_weight = float(thin_weight)
+        self.span_weight = float(span_weight)
+        self.span_radius = int(span_radius)
         self.snr_gamma = float(snr_gamma)
         self.self_condition = bool(self_condition)
         self.betas = betas = np.asarray(betas, dtype=np.float64)
@@ -98,7 +101,8 @@ class GaussianDiffusion:
             betas = shift_betas(betas, cfg.snr_shift)
         return cls(betas, objective=cfg.objective, snr_gamma=cfg.snr_gamma,
                    self_condition=cfg.self_condition, topology_weight=cfg.topology_weight,
-                   thin_weight=cfg.thin_weight)
+                   thin_weight=cfg.thin_weight, span_weight=cfg.span_weight,
+                   span_radius=cfg.span_radius)
 
     def respace(self, steps):
         """A process over ``steps`` evenly spaced timesteps with the same ᾱ there
@@ -183,6 +187,22 @@ class GaussianDiffusion:
 
         return denoise
 
+    def voxel_weights(self, x_start):
+        """(N, voxels) weights of the x0 cross-entropy from the clean cubes: 1, plus
+        ``thin_weight`` on each phase's thin parts (``thin_parts``) and ``span_weight`` on the
+        parts that join opposite faces of the cube (``spanning_parts``); None when both are
+        0 (a plain mean). Weights that depend on x_0 tilt the learned posterior towards the
+        structures they weigh: the levers of connectivity."""
+        if self.thin_weight == 0 and self.span_weight == 0:
+            return None
+        weight = torch.ones_like(x_start[:, 0].flatten(1), dtype=torch.float32)
+        if self.thin_weight > 0:
+            weight = weight + self.thin_weight * thin_parts(x_start).flatten(1)
+        if self.span_weight > 0:
+            weight = weight + self.span_weight * spanning_parts(
+                x_start, self.span_radius).flatten(1)
+        return weight
+
     def training_losses(self, model, x_start, t, noise, coin=None):
         """Per-sample loss at x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (Algorithm 1):
         eps: mean (ε − ε_θ)² (eq. 10); v: mean (v − v_θ)²; both times the min-SNR-γ weight when
@@ -208,11 +228,8 @@ class GaussianDiffusion:
         out = self.model_output(model, x_t, t, x_self)
         if self.objective == "x0":
             ce = F.cross_entropy(out, x_start.argmax(1), reduction="none").flatten(1)
-            if self.thin_weight > 0:
-                weight = 1.0 + self.thin_weight * thin_parts(x_start).flatten(1)
-                loss = (weight * ce).sum(1) / weight.sum(1)
-            else:
-                loss = ce.mean(1)
+            weight = self.voxel_weights(x_start)
+            loss = ce.mean(1) if weight is None else (weight * ce).sum(1) / weight.sum(1)
             if self.topology_weight > 0:
                 loss = loss + self.topology_weight * soft_cldice(
                     torch.softmax(out.float(), dim=1), (x_start.float() + 1) * 0.5)
@@ -268,12 +285,52 @@ def thin_parts(x_start, radius=THIN_RADIUS):
     over, removes: the parts of a phase under about 2·radius + 1 voxels thick, its throats
     and thin sheets. The window's outside neither erodes nor dilates."""
     m = (x_start.float() + 1) * 0.5
+    return (m - _opening(m, radius)).clamp_min(0).amax(1)
+
+
+def _opening(m, radius):
+    """Morphological opening of (N, C, ...) masks by the face-neighbour cross, ``radius``
+    times over; the window's outside neither erodes nor dilates."""
     opened = m
     for _ in range(radius):
         opened = _soft_erode(opened)
     for _ in range(radius):
         opened = 1.0 - _soft_erode(1.0 - opened)
-    return (m - opened).clamp_min(0).amax(1)
+    return opened
+
+
+# cluster_faces' face bits of each axis, (z, y, x): a cluster with both spans the window
+_FACE_PAIRS = (3, 12, 48)
+
+
+def spanning_parts(x_start, radius=0):
+    """(N, ...) float mask of the voxels of one-hot ``x_start`` (in [−1, 1], (N, C, ...)) whose
+    6-connected cluster of their own phase joins two opposite faces of the window: the paths
+    through the cube that carry a phase's transport. With ``radius`` > 0, the clusters of
+    each phase's opening (``_opening``): its channels at least ~2·radius + 1 voxels thick.
+    Labelled on the CPU by the metrics' union-find kernel (``transport.cluster_faces``)."""
+    from .phases import PhaseMap
+    from .transport import cluster_faces
+
+    m = (x_start.float() + 1) * 0.5
+    if radius > 0:
+        m = _opening(m, radius)
+    present = m > 0.5
+    n_phases = m.shape[1]
+    # each voxel's phase index, or n_phases (no phase) where an opening removed it
+    index = torch.where(present.any(1), present.float().argmax(1),
+                        torch.full_like(m[:, 0], n_phases, dtype=torch.long))
+    index = index.to("cpu", torch.uint8).numpy()
+    phase_map = PhaseMap(range(n_phases))
+    pairs = _FACE_PAIRS if index.ndim == 4 else _FACE_PAIRS[1:]  # 2D: the y and x faces
+    out = np.zeros(index.shape, dtype=bool)
+    for i, cube in enumerate(index):
+        cube = cube if cube.ndim == 3 else cube[None]
+        for phase in range(n_phases):
+            faces = cluster_faces(np.ascontiguousarray(cube), phase_map, phase)
+            for pair in pairs:
+                out[i] |= ((faces & pair) == pair).reshape(out[i].shape)
+    return torch.from_numpy(out).to(x_start.device, torch.float32)
 
 
 def soft_skeleton(p, iterations=3):

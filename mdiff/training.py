@@ -633,11 +633,13 @@ def _check(ucfg, dcfg, tcfg):
     if dcfg.snr_gamma > 0 and dcfg.objective == "x0":
         raise MdiffError("--snr-gamma weighs the eps and v losses; the x0 objective's "
                          "cross-entropy has no SNR weight (use --objective eps or v)")
-    for name in ("topology_weight", "thin_weight"):  # terms of the x0 objective's loss
+    for name in ("topology_weight", "thin_weight", "span_weight"):  # the x0 loss's terms
         weight = getattr(dcfg, name)
         if weight < 0 or (weight > 0 and dcfg.objective != "x0"):
             raise MdiffError(f"--{name.replace('_', '-')} must be >= 0, and it weighs a term "
                              "of the x0 objective's loss (use --objective x0)")
+    if dcfg.span_radius < 0:
+        raise MdiffError(f"--span-radius must be >= 0, got {dcfg.span_radius}")
     for name in ("steps", "batch_size", "save_every", "log_every", "timesteps"):
         cfg = dcfg if name == "timesteps" else tcfg
         if getattr(cfg, name) < 1:

@@ -288,13 +288,52 @@ def test_thin_parts_are_what_an_opening_of_radius_two_removes(shape):
     assert np.array_equal(got > 0.5, want) and set(np.unique(got)) <= {0.0, 1.0}
 
 
-def test_the_thin_weight_is_a_weighted_mean_of_the_cross_entropy():
+@pytest.mark.parametrize("radius", [0, 1])
+@pytest.mark.parametrize("shape", [(9, 13, 11), (12, 7, 10)])
+def test_spanning_parts_are_the_clusters_that_join_opposite_faces(shape, radius):
+    from scipy import ndimage
+
+    from mdiff.diffusion import spanning_parts
+
+    rng = np.random.default_rng(sum(shape) + radius)
+    labels = rng.integers(0, 3, size=(shape[2], shape[1], shape[0]))
+    labels = ndimage.median_filter(labels, 2).transpose(2, 1, 0)  # non-contiguous, blobs
+    one_hot = np.stack([labels == k for k in range(3)])
+    x_start = torch.from_numpy(one_hot[None].astype(np.float32) * 2 - 1)
+    got = spanning_parts(x_start, radius)[0].numpy()
+    cross = ndimage.generate_binary_structure(3, 1)
+    want = np.zeros(shape, dtype=bool)
+    for m in one_hot:
+        if radius:
+            m = ndimage.binary_dilation(ndimage.binary_erosion(m, cross, radius, border_value=1),
+                                        cross, radius) & m
+        clusters, _ = ndimage.label(m, cross)
+        for axis in range(3):
+            first = set(np.unique(clusters.take(0, axis))) - {0}
+            last = set(np.unique(clusters.take(-1, axis))) - {0}
+            want |= np.isin(clusters, list(first & last))
+    assert want.any() and not want.all()
+    assert np.array_equal(got > 0.5, want) and set(np.unique(got)) <= {0.0, 1.0}
+    # the 2D form: the clusters that join opposite edges of each image
+    flat = torch.from_numpy(one_hot[:, 0][None].astype(np.float32) * 2 - 1)
+    want2 = np.zeros(shape[1:], dtype=bool)
+    for m in one_hot[:, 0]:
+        clusters, _ = ndimage.label(m, ndimage.generate_binary_structure(2, 1))
+        for axis in range(2):
+            ends = set(np.unique(clusters.take(0, axis))) & set(np.unique(clusters.take(-1, axis)))
+            want2 |= np.isin(clusters, list(ends - {0}))
+    got2 = spanning_parts(flat)[0].numpy()
+    assert np.array_equal(got2 > 0.5, want2)
+
+
+def test_the_thin_and_span_weights_make_a_weighted_mean_of_the_cross_entropy():
     from mdiff.config import DiffusionConfig
-    from mdiff.diffusion import thin_parts
+    from mdiff.diffusion import spanning_parts, thin_parts
 
     x = torch.zeros(2, 2, 10, 10, 10)
     x[:, 1, :, 2:8, 2:8] = 1  # a bar: bulk
     x[:, 1, :, 4, 8:10] = 1  # and a one-voxel fin: thin
+    x[:, 1, 4:6, 0, 0] = 1  # a pocket that joins no opposite faces: thin, not spanning
     x[:, 0] = 1 - x[:, 1]
     x_start = x * 2 - 1
     t, noise = torch.tensor([10, 60]), torch.randn_like(x_start)
@@ -305,4 +344,11 @@ def test_the_thin_weight_is_a_weighted_mean_of_the_cross_entropy():
     w = 1 + 3.0 * thin_parts(x_start).flatten(1)
     assert (w > 1).any()
     assert torch.allclose(weighted.training_losses(lambda x_t, tt: logits, x_start, t, noise),
+                          (w * ce).sum(1) / w.sum(1))
+    both = GaussianDiffusion.from_config(DiffusionConfig(timesteps=100, objective="x0",
+                                                         thin_weight=3.0, span_weight=2.0))
+    w = w + 2.0 * spanning_parts(x_start).flatten(1)
+    w_at = w.view(x[:, 0].shape)
+    assert w_at[0, 4, 0, 0] == 4 and w_at[0, 4, 5, 5] == 3 and w_at[0, 4, 4, 9] == 6
+    assert torch.allclose(both.training_losses(lambda x_t, tt: logits, x_start, t, noise),
                           (w * ce).sum(1) / w.sum(1))

@@ -326,6 +326,14 @@ def test_cli_objective_flags(data_file, tmp_path, capsys):
                        "--objective", "v", "--thin-weight", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--thin-weight" in err and not (tmp_path / "r5").exists()
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r6"),
+                       "--span-weight", "2", "--span-radius", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--span-radius" in err and not (tmp_path / "r6").exists()
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r7"),
+                       "--steps", "2", "--span-weight", "2", "--span-radius", "1"]) == 0
+    recorded = json.loads((tmp_path / "r7" / "config.json").read_text())["diffusion"]
+    assert (recorded["span_weight"], recorded["span_radius"]) == (2.0, 1)
 
 
 def test_busy_warning_only_for_a_many_thread_job_on_a_loaded_machine(monkeypatch):
