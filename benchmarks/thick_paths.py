@@ -1,6 +1,7 @@
 """Which thickness of a phase carries its connectivity: the percolating fraction of the phase
 and of its openings (radius 1 and 2 by the face-neighbour cross: what remains of it in
-channels at least ~3 and ~5 voxels thick), in real cubes and in generated sets of cubes.
+channels at least ~3 and ~5 voxels thick), in real cubes and in generated sets of cubes, and
+the share of the phase each opening removes (its thin parts).
 
 A real phase whose opening still percolates connects through thick channels; a generated one
 whose opening does not is connected, where it is, by thin bridges only. Issue 25's diagnostic
@@ -35,17 +36,23 @@ RADII = (0, 1, 2)
 
 
 def thick_percolation(cubes, label, radii=RADII, batch=16):
-    """{radius: mean percolating fraction of the ``label`` phase opened by radius} over cubes."""
-    sums = dict.fromkeys(radii, 0.0)
+    """({radius: mean percolating fraction of the ``label`` phase opened by radius} over the
+    cubes, {radius: share of the phase's voxels, pooled, that the opening removes})."""
+    perc = dict.fromkeys(radii, 0.0)
+    kept = dict.fromkeys(radii, 0.0)
+    total = 0.0
     for i in range(0, len(cubes), batch):
         mask = torch.from_numpy(np.stack([c == label for c in cubes[i:i + batch]]))
         mask = mask[:, None].float()
+        total += float(mask.sum())
         for r in radii:
             m = _opening(mask, r) if r else mask
+            kept[r] += float(m.sum())
             # the opened phase against the rest: a two-phase one-hot for the judge's figure
             x_start = torch.cat([1 - m, m], dim=1) * 2 - 1
-            sums[r] += float(percolating(x_start)[:, 1].sum())
-    return {r: sums[r] / len(cubes) for r in radii}
+            perc[r] += float(percolating(x_start)[:, 1].sum())
+    return ({r: perc[r] / len(cubes) for r in radii},
+            {r: 1 - kept[r] / max(total, 1.0) for r in radii})
 
 
 def cubes_of(path, size, z_range=None):
@@ -75,13 +82,17 @@ def main():
         rows[s] = cubes_of(s, args.size)
     result = {"command": "python benchmarks/thick_paths.py " + " ".join(sys.argv[1:]),
               "label": args.label, "size": args.size, "rows": {}}
-    print(f"{'set':60s} cubes  " + "  ".join(f"perc r{r}" for r in RADII))
+    print(f"{'set':60s} cubes  " + "  ".join(f"perc r{r}" for r in RADII)
+          + "".join(f"  thin r{r}" for r in RADII[1:]))
     for name, cubes in rows.items():
         if not cubes:
             sys.exit(f"thick_paths.py: no {args.size}³ cubes in {name}")
-        perc = thick_percolation(cubes, args.label)
-        result["rows"][name] = {"cubes": len(cubes), **{f"perc_r{r}": v for r, v in perc.items()}}
-        print(f"{name:60s} {len(cubes):5d}  " + "  ".join(f"{perc[r]:7.3f}" for r in RADII))
+        perc, thin = thick_percolation(cubes, args.label)
+        result["rows"][name] = {"cubes": len(cubes),
+                                **{f"perc_r{r}": v for r, v in perc.items()},
+                                **{f"removed_r{r}": thin[r] for r in RADII[1:]}}
+        print(f"{name:60s} {len(cubes):5d}  " + "  ".join(f"{perc[r]:7.3f}" for r in RADII)
+              + "".join(f"  {thin[r]:7.3f}" for r in RADII[1:]))
     if args.out:
         tmp = args.out + ".part"
         with open(tmp, "w") as f:
