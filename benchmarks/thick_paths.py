@@ -75,11 +75,14 @@ def main():
     parser.add_argument("--out", help="write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    z0, z1 = (args.real_region.split(":") + [""])[:2]
-    real = mdiff.read_volume(args.real)
-    rows = {"real": grid_cubes(real, args.size, (int(z0 or 0), int(z1 or real.shape[0])))}
-    for s in args.sets:
-        rows[s] = cubes_of(s, args.size)
+    try:
+        z0, z1 = (args.real_region.split(":") + [""])[:2]
+        real = mdiff.read_volume(args.real)
+        rows = {"real": grid_cubes(real, args.size, (int(z0 or 0), int(z1 or real.shape[0])))}
+        for s in args.sets:
+            rows[s] = cubes_of(s, args.size)
+    except (ValueError, mdiff.MdiffError) as err:
+        sys.exit(f"thick_paths.py: {err}")
     result = {"command": "python benchmarks/thick_paths.py " + " ".join(sys.argv[1:]),
               "label": args.label, "size": args.size, "rows": {}}
     print(f"{'set':60s} cubes  " + "  ".join(f"perc r{r}" for r in RADII)
