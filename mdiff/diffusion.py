@@ -60,7 +60,7 @@ class GaussianDiffusion:
 
     def __init__(self, betas, timestep_map=None, objective="eps", snr_gamma=0.0,
                  self_condition=False, topology_weight=0.0, thin_weight=0.0, span_weight=0.0,
-                 span_radius=0):
+                 span_radius=0, throat_weight=0.0):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: use one of {OBJECTIVES}")
         self.objective = objective
@@ -68,6 +68,7 @@ class GaussianDiffusion:
         self.thin_weight = float(thin_weight)
         self.span_weight = float(span_weight)
         self.span_radius = int(span_radius)
+        self.throat_weight = float(throat_weight)
         self.snr_gamma = float(snr_gamma)
         self.self_condition = bool(self_condition)
         self.betas = betas = np.asarray(betas, dtype=np.float64)
@@ -102,7 +103,7 @@ class GaussianDiffusion:
         return cls(betas, objective=cfg.objective, snr_gamma=cfg.snr_gamma,
                    self_condition=cfg.self_condition, topology_weight=cfg.topology_weight,
                    thin_weight=cfg.thin_weight, span_weight=cfg.span_weight,
-                   span_radius=cfg.span_radius)
+                   span_radius=cfg.span_radius, throat_weight=cfg.throat_weight)
 
     def respace(self, steps):
         """A process over ``steps`` evenly spaced timesteps with the same ᾱ there
@@ -189,11 +190,12 @@ class GaussianDiffusion:
 
     def voxel_weights(self, x_start):
         """(N, voxels) weights of the x0 cross-entropy from the clean cubes: 1, plus
-        ``thin_weight`` on each phase's thin parts (``thin_parts``) and ``span_weight`` on the
-        parts that join opposite faces of the cube (``spanning_parts``); None when both are
-        0 (a plain mean). Weights that depend on x_0 tilt the learned posterior towards the
+        ``thin_weight`` on each phase's thin parts (``thin_parts``), ``span_weight`` on the
+        parts that join opposite faces of the cube (``spanning_parts``) and ``throat_weight``
+        on the thin parts that join thick bodies (``throat_parts``); None when all are 0 (a
+        plain mean). Weights that depend on x_0 tilt the learned posterior towards the
         structures they weigh: the levers of connectivity."""
-        if self.thin_weight == 0 and self.span_weight == 0:
+        if self.thin_weight == 0 and self.span_weight == 0 and self.throat_weight == 0:
             return None
         weight = torch.ones_like(x_start[:, 0].flatten(1), dtype=torch.float32)
         if self.thin_weight > 0:
@@ -201,6 +203,8 @@ class GaussianDiffusion:
         if self.span_weight > 0:
             weight = weight + self.span_weight * spanning_parts(
                 x_start, self.span_radius).flatten(1)
+        if self.throat_weight > 0:
+            weight = weight + self.throat_weight * throat_parts(x_start).flatten(1)
         return weight
 
     def training_losses(self, model, x_start, t, noise, coin=None):
@@ -249,6 +253,9 @@ class GaussianDiffusion:
 # the opening radius of the x0 loss's thin-part weight (``thin_parts``): parts under ~5
 # voxels thick, the throats of a sandstone's pore
 THIN_RADIUS = 2
+# how near two bodies of a phase a thin voxel lies to count as their throat
+# (``throat_parts``): necks up to ~2·reach voxels long
+THROAT_REACH = 4
 
 
 def _along(p, axis, reduce, fill):
@@ -331,6 +338,48 @@ def spanning_parts(x_start, radius=0):
             for pair in pairs:
                 out[i] |= ((faces & pair) == pair).reshape(out[i].shape)
     return torch.from_numpy(out).to(x_start.device, torch.float32)
+
+
+def _max_filter(x, reach):
+    """The maximum over each voxel's (2·reach + 1)-cube (square in 2D) of (M, 1, ...) ``x``,
+    one axis at a time; the outside counts as nothing."""
+    pool = F.max_pool3d if x.ndim == 5 else F.max_pool2d
+    for axis in range(x.ndim - 2):
+        size = [1] * (x.ndim - 2)
+        size[axis] = 2 * reach + 1
+        pad = [0] * (x.ndim - 2)
+        pad[axis] = reach
+        x = pool(x, tuple(size), 1, tuple(pad))
+    return x
+
+
+def throat_parts(x_start, radius=THIN_RADIUS, reach=THROAT_REACH):
+    """(N, ...) float mask of the throats of one-hot ``x_start`` (in [−1, 1], (N, C, ...)):
+    the voxels of each phase's thin parts (``thin_parts``: what its opening by ``radius``
+    removes) that lie within ``reach`` voxels (a cube's half side) of two or more separate
+    bodies of that opening — the necks where thick bodies join or nearly join, not the thin
+    sheets, fins and fine grains far from them, nor a phase that is thin throughout. The
+    bodies are labelled on the CPU by the metrics' union-find kernel
+    (``transport.cluster_labels``); two bodies are near where the largest and the smallest
+    body label within reach differ."""
+    from .phases import PhaseMap
+    from .transport import cluster_labels
+
+    m = (x_start.float() + 1) * 0.5
+    opened = _opening(m, radius) > 0.5
+    thin = (m > 0.5) & ~opened
+    flat = opened.flatten(0, 1).to("cpu", torch.uint8).numpy()
+    bodies = np.zeros(flat.shape, dtype=np.float32)
+    none = np.float32(2 ** 24)  # above any label a float32 holds exactly (a window's count)
+    present = PhaseMap([0, 1])
+    for k, mask in enumerate(flat):
+        labels, _ = cluster_labels(mask if mask.ndim == 3 else mask[None], present, 1)
+        bodies[k] = np.where(labels > 0, labels, none).reshape(mask.shape)
+    bodies = torch.from_numpy(bodies).unsqueeze(1)
+    highest = _max_filter(torch.where(bodies < none, bodies, torch.zeros_like(bodies)), reach)
+    lowest = -_max_filter(-bodies, reach)
+    two = ((highest > 0) & (lowest < highest)).squeeze(1).view(thin.shape)
+    return (thin & two.to(thin.device)).any(1).float()
 
 
 def soft_skeleton(p, iterations=3):

@@ -70,6 +70,17 @@ def cluster_faces(volume, phase_map, phase, wrap=()):
     return out
 
 
+def cluster_labels(volume, phase_map, phase, wrap=()):
+    """(int32 labels, count): the 6-connected clusters of phase index ``phase`` numbered 1..count
+    in the raster order of each cluster's first voxel (``scipy.ndimage.label``'s numbering), 0
+    elsewhere; ``wrap`` as for ``cluster_faces``."""
+    _check_labelling(volume)
+    out = np.empty(volume.shape, dtype=np.int32)
+    count = _metrics.cluster_labels(volume, phase_map.lut(volume.dtype), int(phase), out,
+                                    _wrap_bits(wrap))
+    return out, int(count)
+
+
 def cluster_sizes(volume, phase_map, phase, wrap=()):
     """int64 voxel counts of the 6-connected clusters of phase index ``phase``, in the raster
     order of each cluster's first voxel (``scipy.ndimage.label``'s order); ``wrap`` as for

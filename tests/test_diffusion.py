@@ -326,9 +326,64 @@ def test_spanning_parts_are_the_clusters_that_join_opposite_faces(shape, radius)
     assert np.array_equal(got2 > 0.5, want2)
 
 
+def _throats_reference(mask, opened, reach):
+    """Voxels of mask minus opened that see two or more 6-connected bodies of ``opened`` within
+    a (2·reach + 1)-cube: scipy labelling, then each voxel's window looked at one by one."""
+    from scipy import ndimage
+
+    bodies, _ = ndimage.label(opened, ndimage.generate_binary_structure(mask.ndim, 1))
+    out = np.zeros(mask.shape, bool)
+    for at in zip(*np.nonzero(mask & ~opened)):
+        window = tuple(slice(max(0, a - reach), a + reach + 1) for a in at)
+        out[at] = len(set(np.unique(bodies[window])) - {0}) >= 2
+    return out
+
+
+@pytest.mark.parametrize("shape,reach", [((2, 9, 11, 10), 4), ((1, 12, 7, 13), 2)])
+def test_throat_parts_are_the_thin_voxels_near_two_bodies(shape, reach):
+    ndimage = pytest.importorskip("scipy.ndimage")
+
+    from mdiff.diffusion import _opening, throat_parts
+
+    rng = np.random.default_rng(sum(shape))
+    field = ndimage.gaussian_filter(rng.standard_normal((shape[0], 3) + shape[1:]),
+                                    (0, 0, 1.5, 1.5, 1.5))
+    phase = field.argmax(1)
+    one_hot = np.stack([phase == c for c in range(3)], 1)
+    x_start = torch.from_numpy(one_hot.astype(np.float32) * 2 - 1)
+    x_start = x_start.transpose(2, 4).contiguous().transpose(2, 4)  # non-contiguous input
+    opened = (_opening(torch.from_numpy(one_hot.astype(np.float32)), 2) > 0.5).numpy()
+    want = np.zeros(phase.shape, bool)
+    for i in range(shape[0]):
+        for c in range(3):
+            want[i] |= _throats_reference(one_hot[i, c], opened[i, c], reach)
+    got = throat_parts(x_start, reach=reach)
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
+
+
+def test_throat_parts_mark_a_neck_between_two_bodies_not_a_fin():
+    from mdiff.diffusion import thin_parts, throat_parts
+
+    x = torch.zeros(1, 2, 12, 22, 14)
+    x[0, 1, 2:9, 1:8, 2:9] = 1  # a body
+    x[0, 1, 2:9, 13:20, 2:9] = 1  # another
+    x[0, 1, 5, 8:13, 5] = 1  # the neck between them, one voxel thick
+    x[0, 1, 5, 4, 9:14] = 1  # a fin off the first body: thin, but it reaches no other
+    x[:, 0] = 1 - x[:, 1]
+    thin = thin_parts(x * 2 - 1)[0]
+    throats = throat_parts(x * 2 - 1)[0]
+    # the neck's ends lie in the opening (they are the bodies' own, rounded); its thin middle
+    # is the throat, and nothing else: the fin and the one matrix phase around join nothing
+    assert thin[5, 9:12, 5].all() and thin[5, 4, 11:14].all()
+    assert throats[5, 9:12, 5].all() and throats.sum() == 3
+    flat = throat_parts(x[:, :, 5] * 2 - 1)[0]  # 2D input: the same neck and fin in a plane
+    assert flat[9:12, 5].all() and flat[4, 11:14].sum() == 0
+
+
 def test_the_thin_and_span_weights_make_a_weighted_mean_of_the_cross_entropy():
     from mdiff.config import DiffusionConfig
-    from mdiff.diffusion import spanning_parts, thin_parts
+    from mdiff.diffusion import spanning_parts, thin_parts, throat_parts
 
     x = torch.zeros(2, 2, 10, 10, 10)
     x[:, 1, :, 2:8, 2:8] = 1  # a bar: bulk
@@ -351,4 +406,9 @@ def test_the_thin_and_span_weights_make_a_weighted_mean_of_the_cross_entropy():
     w_at = w.view(x[:, 0].shape)
     assert w_at[0, 4, 0, 0] == 4 and w_at[0, 4, 5, 5] == 3 and w_at[0, 4, 4, 9] == 6
     assert torch.allclose(both.training_losses(lambda x_t, tt: logits, x_start, t, noise),
+                          (w * ce).sum(1) / w.sum(1))
+    throat = GaussianDiffusion.from_config(DiffusionConfig(timesteps=100, objective="x0",
+                                                           throat_weight=4.0))
+    w = 1 + 4.0 * throat_parts(x_start).flatten(1)
+    assert torch.allclose(throat.training_losses(lambda x_t, tt: logits, x_start, t, noise),
                           (w * ce).sum(1) / w.sum(1))

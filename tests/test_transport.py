@@ -53,6 +53,27 @@ def test_cluster_sizes_match_scipy_labelling(rng, shape, order):
             np.testing.assert_array_equal(transport.cluster_sizes(volume, pm, phase), want)
 
 
+@pytest.mark.parametrize("shape,order", [((6, 7, 9), "C"), ((11, 5, 8), "F"), ((1, 9, 4), "C")])
+def test_cluster_labels_match_scipy_labelling(rng, shape, order):
+    for fraction in (0.2, 0.45, 0.8):
+        volume = np.asarray(np.where(rng.random(shape) < fraction, 200, 7).astype(np.uint8),
+                            order=order)
+        pm = PhaseMap([7, 200])
+        for phase, label in enumerate(pm.labels):
+            want, count = ndimage.label(volume == label)  # 6-connected, raster order
+            got, got_count = transport.cluster_labels(volume, pm, phase)
+            assert got_count == count and got.dtype == np.int32
+            np.testing.assert_array_equal(got, want)
+    big = rng.choice(np.array([0, 300, 9000], np.uint16), size=(14, 15, 16))
+    view = big[1::2, ::-1, 2:13]  # strided, reversed, uint16
+    pm = PhaseMap([0, 300, 9000])
+    for phase, label in enumerate(pm.labels):
+        want, count = ndimage.label(view == label)
+        got, got_count = transport.cluster_labels(view, pm, phase)
+        assert got_count == count
+        np.testing.assert_array_equal(got, want)
+
+
 def test_cluster_sizes_strided_uint16_and_the_summary(rng):
     big = rng.choice(np.array([0, 300, 9000], np.uint16), size=(14, 15, 16))
     view = big[1::2, ::-1, 2:13]
@@ -397,6 +418,10 @@ def test_wrapped_cluster_faces_and_sizes_match_merged_scipy_labels(rng, wrap):
             order = merged.ravel()[np.sort(first)]  # clusters in raster order of first voxel
             want = [int(np.count_nonzero(merged == k)) for k in order if k > 0]
             assert transport.cluster_sizes(volume, pm, phase, wrap).tolist() == want
+            got, count = transport.cluster_labels(volume, pm, phase, wrap)
+            assert count == len(want)
+            renumber = {k: i + 1 for i, k in enumerate(k for k in order if k > 0)}
+            np.testing.assert_array_equal(got, np.vectorize(lambda k: renumber.get(k, 0))(merged))
 
 
 @pytest.mark.parametrize("seed,fraction", [(3, 0.4), (4, 0.55)])
