@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import mdiff  # noqa: E402
 from mdiff.descriptors import percolating  # noqa: E402
-from mdiff.diffusion import _opening  # noqa: E402
+from mdiff.diffusion import opening  # noqa: E402
 from mdiff.grid import grid_cubes  # noqa: E402
 
 RADII = (0, 1, 2)
@@ -46,7 +46,7 @@ def thick_percolation(cubes, label, radii=RADII, batch=16):
         mask = mask[:, None].float()
         total += float(mask.sum())
         for r in radii:
-            m = _opening(mask, r) if r else mask
+            m = opening(mask, r) if r else mask
             kept[r] += float(m.sum())
             # the opened phase against the rest: a two-phase one-hot for the judge's figure
             x_start = torch.cat([1 - m, m], dim=1) * 2 - 1

@@ -292,10 +292,10 @@ def thin_parts(x_start, radius=THIN_RADIUS):
     over, removes: the parts of a phase under about 2·radius + 1 voxels thick, its throats
     and thin sheets. The window's outside neither erodes nor dilates."""
     m = (x_start.float() + 1) * 0.5
-    return (m - _opening(m, radius)).clamp_min(0).amax(1)
+    return (m - opening(m, radius)).clamp_min(0).amax(1)
 
 
-def _opening(m, radius):
+def opening(m, radius):
     """Morphological opening of (N, C, ...) masks by the face-neighbour cross, ``radius``
     times over; the window's outside neither erodes nor dilates."""
     opened = m
@@ -314,14 +314,14 @@ def spanning_parts(x_start, radius=0):
     """(N, ...) float mask of the voxels of one-hot ``x_start`` (in [−1, 1], (N, C, ...)) whose
     6-connected cluster of their own phase joins two opposite faces of the window: the paths
     through the cube that carry a phase's transport. With ``radius`` > 0, the clusters of
-    each phase's opening (``_opening``): its channels at least ~2·radius + 1 voxels thick.
+    each phase's opening (``opening``): its channels at least ~2·radius + 1 voxels thick.
     Labelled on the CPU by the metrics' union-find kernel (``transport.cluster_faces``)."""
     from .phases import PhaseMap
     from .transport import cluster_faces
 
     m = (x_start.float() + 1) * 0.5
     if radius > 0:
-        m = _opening(m, radius)
+        m = opening(m, radius)
     present = m > 0.5
     n_phases = m.shape[1]
     # each voxel's phase index, or n_phases (no phase) where an opening removed it
@@ -366,7 +366,7 @@ def throat_parts(x_start, radius=THIN_RADIUS, reach=THROAT_REACH):
     from .transport import cluster_labels
 
     m = (x_start.float() + 1) * 0.5
-    opened = _opening(m, radius) > 0.5
+    opened = opening(m, radius) > 0.5
     thin = (m > 0.5) & ~opened
     flat = opened.flatten(0, 1).to("cpu", torch.uint8).numpy()
     bodies = np.zeros(flat.shape, dtype=np.float32)

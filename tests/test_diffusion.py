@@ -343,7 +343,7 @@ def _throats_reference(mask, opened, reach):
 def test_throat_parts_are_the_thin_voxels_near_two_bodies(shape, reach):
     ndimage = pytest.importorskip("scipy.ndimage")
 
-    from mdiff.diffusion import _opening, throat_parts
+    from mdiff.diffusion import THIN_RADIUS, throat_parts
 
     rng = np.random.default_rng(sum(shape))
     field = ndimage.gaussian_filter(rng.standard_normal((shape[0], 3) + shape[1:]),
@@ -352,11 +352,15 @@ def test_throat_parts_are_the_thin_voxels_near_two_bodies(shape, reach):
     one_hot = np.stack([phase == c for c in range(3)], 1)
     x_start = torch.from_numpy(one_hot.astype(np.float32) * 2 - 1)
     x_start = x_start.transpose(2, 4).contiguous().transpose(2, 4)  # non-contiguous input
-    opened = (_opening(torch.from_numpy(one_hot.astype(np.float32)), 2) > 0.5).numpy()
+    cross = ndimage.generate_binary_structure(3, 1)
     want = np.zeros(phase.shape, bool)
     for i in range(shape[0]):
         for c in range(3):
-            want[i] |= _throats_reference(one_hot[i, c], opened[i, c], reach)
+            m = one_hot[i, c]
+            opened = ndimage.binary_dilation(  # as in the thin parts' test above
+                ndimage.binary_erosion(m, cross, THIN_RADIUS, border_value=1), cross,
+                THIN_RADIUS)
+            want[i] |= _throats_reference(m, opened, reach)
     got = throat_parts(x_start, reach=reach)
     assert want.any() and not want.all()
     np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
