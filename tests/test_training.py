@@ -334,6 +334,15 @@ def test_cli_objective_flags(data_file, tmp_path, capsys):
                        "--steps", "2", "--span-weight", "2", "--span-radius", "1"]) == 0
     recorded = json.loads((tmp_path / "r7" / "config.json").read_text())["diffusion"]
     assert (recorded["span_weight"], recorded["span_radius"]) == (2.0, 1)
+    capsys.readouterr()
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r8"),
+                       "--objective", "eps", "--throat-weight", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--throat-weight" in err and not (tmp_path / "r8").exists()
+    assert train_main([str(data_file), "--preset", "tiny", "--out", str(tmp_path / "r9"),
+                       "--steps", "2", "--throat-weight", "10"]) == 0
+    assert json.loads((tmp_path / "r9" / "config.json").read_text())["diffusion"][
+        "throat_weight"] == 10.0
 
 
 def test_busy_warning_only_for_a_many_thread_job_on_a_loaded_machine(monkeypatch):
