@@ -76,14 +76,14 @@ class DiffusionConfig:
     span_weight: float = _f(0.0, "x0 objective: extra cross-entropy weight of the voxels whose "
                                  "cluster of their own phase joins two opposite faces of the "
                                  "cube (its paths through it; weight 1 + this); 0 = off")
+    span_radius: int = _f(0, "the clusters --span-weight weighs are those of each phase opened "
+                             "by this radius (0: the phase itself; 2: its channels ~5 voxels "
+                             "thick and more)")
     throat_weight: float = _f(0.0, "x0 objective: extra cross-entropy weight of each phase's "
                                    "throats: the thin parts (as --thin-weight's) within 4 "
                                    "voxels of two or more separate thick bodies of the phase, "
                                    "not the thin sheets and grains far from them (weight 1 + "
                                    "this); 0 = off")
-    span_radius: int = _f(0, "the clusters --span-weight weighs are those of each phase opened "
-                             "by this radius (0: the phase itself; 2: its channels ~5 voxels "
-                             "thick and more)")
 
 
 @dataclass(frozen=True)

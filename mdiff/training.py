@@ -633,7 +633,8 @@ def _check(ucfg, dcfg, tcfg):
     if dcfg.snr_gamma > 0 and dcfg.objective == "x0":
         raise MdiffError("--snr-gamma weighs the eps and v losses; the x0 objective's "
                          "cross-entropy has no SNR weight (use --objective eps or v)")
-    for name in ("topology_weight", "thin_weight", "span_weight", "throat_weight"):  # the x0 loss's terms
+    # the x0 loss's terms
+    for name in ("topology_weight", "thin_weight", "span_weight", "throat_weight"):
         weight = getattr(dcfg, name)
         if weight < 0 or (weight > 0 and dcfg.objective != "x0"):
             raise MdiffError(f"--{name.replace('_', '-')} must be >= 0, and it weighs a term "
