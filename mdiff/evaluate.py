@@ -24,7 +24,8 @@ from .evaluate_report import (format_markdown, plot_result, plot_slices,  # noqa
 from .grid import grid_cubes  # noqa: F401  (mdiff.evaluate.grid_cubes, as before)
 from .memorisation import memorisation, nearest_training_agreement  # noqa: F401
 from .report import summarise
-from .verdict import MIN_REAL_CUBES, compare_sets, judge, verdict_line  # noqa: F401
+from .verdict import (MIN_REAL_CUBES, THICK_REAL, THICK_SHORT, advice, compare_sets,  # noqa: F401
+                      judge, verdict_line)
 
 
 # flux spread at which the per-cube diffusion solves stop: TauFactor's default; the error it

@@ -78,6 +78,9 @@ def format_markdown(result, title=None):
             lines.append(f"| {v['phase']} | {shorts[v['figure']]} | " + " | ".join(cells)
                          + f" | {verdict} |")
         lines.append("")
+        lines += [f"Advice: {a['text']}." for a in s.get("advice", ())]
+        if s.get("advice"):
+            lines.append("")
     memo = result.get("memorisation")
     if memo:
         lines += [f"Memorisation: best voxel agreement of each cube with any cube of "

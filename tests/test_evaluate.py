@@ -458,3 +458,32 @@ def test_a_report_folder_is_replaced_as_one_set(tmp_path, monkeypatch):
                                                                          "report.json"]
     check("d")
     assert not (out / ".partial").exists()
+
+
+def test_advice_names_the_throat_weight_where_the_thick_channels_do_not_join():
+    """The real phase 0 connects through thick channels (length 3); a set of the same
+    fraction cut finer (length 1) has hardly any, and gets the advice for phase 0 alone; a set
+    of the real kind gets none; the rule needs the real thick channels to percolate."""
+    pm = PhaseMap((0, 255))
+
+    def cubes(length, seed, count):
+        volume = synth.generate((count * 16, 16, 16), (0.4, 0.6), (0, 255), length, seed)
+        return evaluate.grid_cubes(volume, 16)
+
+    real = evaluate.describe_cubes(cubes(3.0, 1, 16), pm, 8)
+    like = evaluate.describe_cubes(cubes(3.0, 2, 12), pm, 8)
+    fine = evaluate.describe_cubes(cubes(1.0, 3, 12), pm, 8)
+    result = evaluate.judge(real, {"like": like, "fine": fine}, permutations=20)
+    by_name = {s["name"]: s for s in result["sets"]}
+    thick = [p["thick_percolating_fraction"]["mean"] for p in result["real"]["summary"]["phases"]]
+    assert thick[0] >= evaluate.THICK_REAL
+    assert by_name["like"]["advice"] == []
+    (advice,) = by_name["fine"]["advice"]
+    assert advice["phase"] == 0 and advice["flag"] == "--throat-weight 10"
+    assert advice["generated"] < evaluate.THICK_SHORT * advice["real"] == pytest.approx(
+        evaluate.THICK_SHORT * thick[0])
+    text = evaluate.format_markdown(result)
+    assert text.count("Advice: label 0:") == 1 and "`--throat-weight 10`" in text
+    # real cubes whose phase has no thick channel: no advice, however thin the set
+    thin = evaluate.describe_cubes(cubes(1.0, 4, 16), pm, 8)
+    assert evaluate.judge(thin, {"fine": fine}, permutations=20)["sets"][0]["advice"] == []

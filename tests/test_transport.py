@@ -482,3 +482,67 @@ def test_metrics_cli_periodic_transport(tmp_path, capsys):
     assert periodic["volumes"][0]["phases"][1]["transport"]["z"]["tortuosity_factor"] > 1
     assert metrics_main([str(tmp_path / "v.tif"), "--transport", "--boundary", "periodic"]) == 0
     assert "periodic" in capsys.readouterr().out
+
+
+def _opening_reference(mask, radius, periodic):
+    """scipy's binary opening by the face-neighbour cross, ``radius`` times over: the outside
+    counts as the phase for the erosions and as not the phase for the dilations (it neither
+    erodes nor dilates); periodic volumes padded by wrapping, far enough for both."""
+    cross = ndimage.generate_binary_structure(3, 1)
+    pad = 2 * radius + 1
+    m = np.pad(mask, pad, mode="wrap") if periodic else mask
+    if radius:
+        m = ndimage.binary_erosion(m, cross, iterations=radius, border_value=1)
+        m = ndimage.binary_dilation(m, cross, iterations=radius, border_value=0)
+    return m[(slice(pad, -pad),) * 3] if periodic else m
+
+
+def _smooth_phase(shape, fraction, length, seed):
+    return synth.generate(shape, (fraction, 1 - fraction), (3, 200), length, seed)
+
+
+@pytest.mark.parametrize("shape,radius", [((17, 23, 29), 2), ((9, 1, 30), 2), ((12, 13, 14), 1),
+                                          ((8, 9, 7), 0)])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_open_cross_is_scipys_opening_and_the_training_one(shape, radius, periodic):
+    import torch
+
+    from mdiff.diffusion import opening
+
+    volume = _smooth_phase(shape, 0.45, 2.5, sum(shape))
+    mask = (volume == 3)[::-1, :, ::-1]  # a strided view
+    got = transport.open_cross(mask, radius, periodic)
+    np.testing.assert_array_equal(got, _opening_reference(mask, radius, periodic))
+    assert 0 < got.sum() < mask.sum() or radius == 0 or shape[1] == 1
+    if not periodic:  # the training weights' opening (torch, on soft masks) keeps the same
+        soft = opening(torch.from_numpy(mask.copy())[None, None].float(), radius)[0, 0]
+        np.testing.assert_array_equal(got, soft.numpy() > 0.5)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_thick_percolating_fraction_against_scipy_labels(periodic):
+    pm = PhaseMap([3, 200])
+    for seed, (fraction, length) in enumerate([(0.3, 3.0), (0.45, 2.0), (0.2, 1.0)]):
+        volume = _smooth_phase((21, 18, 24), fraction, length, seed)
+        for phase, label in enumerate(pm.labels):
+            opened = _opening_reference(volume == label, transport.THICK_RADIUS, periodic)
+            through = []
+            for k, axis in enumerate("zyx"):
+                wrap = "zyx".replace(axis, "") if periodic else ""
+                merged = _wrapped_labels(opened, wrap)
+                ends = (set(np.unique(np.take(merged, 0, k))) &
+                        set(np.unique(np.take(merged, -1, k)))) - {0}
+                through.append(np.isin(merged, list(ends)).sum() / max(opened.sum(), 1))
+            got = transport.thick_percolating_fraction(volume[:, ::-1], pm, phase, periodic)
+            assert got == pytest.approx(float(np.mean(through)), abs=1e-12)
+    # a phase with no part five voxels across has no thick channel
+    thin = np.full((20, 20, 20), 200, np.uint8)
+    thin[:, 10, 10] = 3  # a rod one voxel across
+    assert transport.thick_percolating_fraction(thin, pm, 0) == 0.0
+    assert transport.thick_percolating_fraction(thin, pm, 1) == 1.0
+
+
+def test_thick_radius_is_the_training_weights_thin_radius():
+    from mdiff.diffusion import THIN_RADIUS
+
+    assert transport.THICK_RADIUS == THIN_RADIUS
