@@ -122,7 +122,7 @@ register("isolated_fraction", "isol.", "{:.4f}", transport=True,
 register("largest_cluster_fraction", "largest", "{:.4f}", transport=True,
          help="share of the phase in its largest 6-connected cluster (the cluster-size "
               "distribution is in each phase's \"clusters\")")
-register("thick_percolating_fraction", "perc. thick", "{:.4f}", judged=False,
+register("thick_percolating_fraction", "thick perc", "{:.4f}", judged=False,
          measure=_thick_percolation, extra="sizes",
          help="percolating fraction of the phase's thick channels: what an opening by the "
               "face-neighbour cross twice over keeps (parts ~5 voxels across and more); "
