@@ -31,6 +31,10 @@ MIN_REAL_CUBES = 8
 THICK_REAL = 0.25
 # ... and a set lacks their joins where its own percolate below this share of the real figure
 THICK_SHORT = 0.6
+# a set whose phase lies in isolated clusters this many times the real share, and by at least
+# ISOLATED_MIN of the phase more, is advised to train longer
+ISOLATED_EXCESS = 3.0
+ISOLATED_MIN = 0.005
 
 
 def compare_sets(reference, other):
@@ -118,16 +122,29 @@ def judge(real, sets, permutations=200, seed=0, level=0.95):
 
 
 def advice(real_summary, summary):
-    """What to try where a set's sparse phase lacks the real one's thick connections: per
-    phase whose real thick channels percolate (``thick_percolating_fraction`` at least
-    ``THICK_REAL``) and the set's far less (under ``THICK_SHORT`` of it), the flag that joins
-    thick bodies in training (``--throat-weight``). A rule from the connectivity levers'
-    measurements (benchmarks/results/README.md): the throat weight connected the phase that
-    fails it (a sandstone's pore) and cost verdicts where it holds (a phase with no thick
-    channels, or one whose thick channels already percolate as real)."""
+    """What to try, per phase, where the judge sees a failure it knows a lever for; rules
+    from the connectivity levers' measurements (benchmarks/results/README.md):
+
+    - the real thick channels percolate (``thick_percolating_fraction`` at least
+      ``THICK_REAL``) and the set's far less (under ``THICK_SHORT`` of it): the flag that joins
+      thick bodies in training (``--throat-weight``). It connected the phase that fails so (a
+      sandstone's pore) and cost verdicts or did nothing elsewhere;
+    - the phase lies in isolated clusters far more than the real one (``isolated_fraction``,
+      with --transport, over ``ISOLATED_EXCESS`` times the real share and ``ISOLATED_MIN``
+      above it): longer training, which cleared isolated bits on every structure measured."""
     key = "thick_percolating_fraction"
     out = []
     for rp, gp in zip(real_summary["phases"], summary["phases"]):
+        if "isolated_fraction" in rp and "isolated_fraction" in gp:
+            real, got = rp["isolated_fraction"]["mean"], gp["isolated_fraction"]["mean"]
+            if got > ISOLATED_EXCESS * real and got - real > ISOLATED_MIN:
+                out.append({"phase": rp["label"], "figure": "isolated_fraction", "real": real,
+                            "generated": got, "flag": "--resume --steps",
+                            "text": f"label {rp['label']}: {100 * got:.1f} % of it lies in "
+                                    f"isolated clusters against {100 * real:.1f} % in the real "
+                                    "cubes; training longer clears them (`mdiff-train --resume "
+                                    "--out RUN --steps` two to four times the steps; "
+                                    "docs/judging.md, advice)"})
         if key not in rp or key not in gp:
             continue
         real, got = rp[key]["mean"], gp[key]["mean"]

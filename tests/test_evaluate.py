@@ -487,3 +487,18 @@ def test_advice_names_the_throat_weight_where_the_thick_channels_do_not_join():
     # real cubes whose phase has no thick channel: no advice, however thin the set
     thin = evaluate.describe_cubes(cubes(1.0, 4, 16), pm, 8)
     assert evaluate.judge(thin, {"fine": fine}, permutations=20)["sets"][0]["advice"] == []
+
+
+def test_advice_to_train_longer_where_the_phase_lies_in_isolated_bits():
+    def summary(isolated):
+        return {"phases": [{"label": 0, "isolated_fraction": {"mean": isolated}},
+                           {"label": 255, "isolated_fraction": {"mean": 0.0}}]}
+
+    real = summary(0.002)
+    (advice,) = evaluate.advice(real, summary(0.02))
+    assert advice["phase"] == 0 and advice["figure"] == "isolated_fraction"
+    assert advice["flag"] == "--resume --steps" and "2.0 % of it" in advice["text"]
+    assert evaluate.advice(real, summary(0.0059)) == []  # under three times the real share
+    # three times a tiny share is no excess worth a run
+    assert evaluate.advice(summary(0.0001), summary(0.004)) == []
+    assert evaluate.advice({"phases": [{"label": 0}]}, {"phases": [{"label": 0}]}) == []
