@@ -131,7 +131,7 @@ def advice(real_summary, summary):
       sandstone's pore) and cost verdicts or did nothing elsewhere;
     - the phase lies in isolated clusters far more than the real one (``isolated_fraction``,
       with --transport, over ``ISOLATED_EXCESS`` times the real share and ``ISOLATED_MIN``
-      above it): longer training, which cleared isolated bits on every structure measured."""
+      above it): longer training, which cleared isolated bits on both structures measured."""
     key = "thick_percolating_fraction"
     out = []
     for rp, gp in zip(real_summary["phases"], summary["phases"]):
