@@ -11,8 +11,9 @@ of where the generated pore's connections are missing.
         --real-region 150: runs/curve_berea_2phase_200_high05/samples_1600 \\
         --out benchmarks/results/levers/thick_paths_berea.json
 
-The percolating fraction is the judge's (``mdiff.descriptors.percolating``: the mean over the
-three axes of the share of the phase in clusters that join both faces of an axis). Volumes
+The percolating fraction is the judge's (``mdiff.transport.thick_percolating_fraction`` at
+each radius: the mean over the three axes of the share of the opened phase in clusters that
+join both faces of an axis). Volumes
 larger than --size are cut into non-overlapping cubes, as mdiff-evaluate cuts them.
 """
 import argparse
@@ -25,34 +26,30 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 import mdiff  # noqa: E402
-from mdiff.descriptors import percolating  # noqa: E402
-from mdiff.diffusion import opening  # noqa: E402
 from mdiff.grid import grid_cubes  # noqa: E402
+from mdiff.phases import PhaseMap  # noqa: E402
+from mdiff.transport import open_cross, thick_percolating_fraction  # noqa: E402
 
 RADII = (0, 1, 2)
 
 
-def thick_percolation(cubes, label, radii=RADII, batch=16):
+def thick_percolation(cubes, label, radii=RADII):
     """({radius: mean percolating fraction of the ``label`` phase opened by radius} over the
-    cubes, {radius: share of the phase's voxels, pooled, that the opening removes})."""
+    cubes, {radius: share of the phase's voxels, pooled, that the opening removes}): the
+    judge's ``thick_percolating_fraction`` at each radius (``transport.open_cross``)."""
+    binary = PhaseMap([0, 1])  # the phase against the rest
     perc = dict.fromkeys(radii, 0.0)
-    kept = dict.fromkeys(radii, 0.0)
-    total = 0.0
-    for i in range(0, len(cubes), batch):
-        mask = torch.from_numpy(np.stack([c == label for c in cubes[i:i + batch]]))
-        mask = mask[:, None].float()
-        total += float(mask.sum())
+    kept = dict.fromkeys(radii, 0)
+    total = 0
+    for cube in cubes:
+        mask = np.ascontiguousarray(cube == label)
+        total += int(mask.sum())
         for r in radii:
-            m = opening(mask, r) if r else mask
-            kept[r] += float(m.sum())
-            # the opened phase against the rest: a two-phase one-hot for the judge's figure
-            x_start = torch.cat([1 - m, m], dim=1) * 2 - 1
-            perc[r] += float(percolating(x_start)[:, 1].sum())
+            kept[r] += int(open_cross(mask, r).sum())
+            perc[r] += thick_percolating_fraction(mask.view(np.uint8), binary, 1, radius=r)
     return ({r: perc[r] / len(cubes) for r in radii},
-            {r: 1 - kept[r] / max(total, 1.0) for r in radii})
+            {r: 1 - kept[r] / max(total, 1) for r in radii})
 
 
 def cubes_of(path, size, z_range=None):
@@ -74,7 +71,6 @@ def main():
     parser.add_argument("--size", type=int, default=32, help="cube side (default: 32)")
     parser.add_argument("--out", help="write the figures to this JSON file")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     try:
         z0, z1 = (args.real_region.split(":") + [""])[:2]
         real = mdiff.read_volume(args.real)

@@ -159,15 +159,16 @@ def open_cross(mask, radius=THICK_RADIUS, periodic=False):
     return out
 
 
-def thick_percolating_fraction(volume, phase_map, phase, periodic=False, spacing=None):
+def thick_percolating_fraction(volume, phase_map, phase, periodic=False, spacing=None,
+                               radius=THICK_RADIUS):
     """The percolating fraction (``percolating_fraction``'s, the mean over the three axes) of
-    phase index ``phase`` opened by ``THICK_RADIUS`` (``open_cross``): the share of the
+    phase index ``phase`` opened by ``radius`` (``open_cross``): the share of the
     phase's thick channels that join opposite faces. A phase whose thick channels percolate
     connects through them; where the real ones do and generated ones do not, the joins between
     thick bodies are missing (``mdiff-evaluate``'s advice). 0 when nothing of the phase
     survives the opening. The radius is in voxels whatever the ``spacing``."""
     del spacing
-    opened = open_cross(phase_map.lut(volume.dtype)[volume] == phase, THICK_RADIUS, periodic)
+    opened = open_cross(phase_map.lut(volume.dtype)[volume] == phase, radius, periodic)
     if not opened.any():
         return 0.0
     binary = opened.view(np.uint8)

@@ -535,6 +535,11 @@ def test_thick_percolating_fraction_against_scipy_labels(periodic):
                 through.append(np.isin(merged, list(ends)).sum() / max(opened.sum(), 1))
             got = transport.thick_percolating_fraction(volume[:, ::-1], pm, phase, periodic)
             assert got == pytest.approx(float(np.mean(through)), abs=1e-12)
+            if not periodic:  # radius 0: the phase's own percolating fraction
+                faces = transport.cluster_faces(volume, pm, phase)
+                own = np.mean([transport.fractions(faces, axis)[0] for axis in "zyx"])
+                assert transport.thick_percolating_fraction(
+                    volume, pm, phase, radius=0) == pytest.approx(own, abs=1e-12)
     # a phase with no part five voxels across has no thick channel
     thin = np.full((20, 20, 20), 200, np.uint8)
     thin[:, 10, 10] = 3  # a rod one voxel across
