@@ -49,11 +49,14 @@ def main():
     starts = [int(k) for k in args.starts.split(",")]
     if not all(0 <= k <= STEPS for k in starts):
         sys.exit(f"prior_start.py: --starts must lie in 0..{STEPS}")
-    gen = mdiff.load(args.checkpoint, device="cpu")
+    try:
+        gen = mdiff.load(args.checkpoint, device="cpu")
+        volume = None if args.length is not None else mdiff.read_volume(args.training)
+    except (mdiff.MdiffError, OSError) as err:
+        sys.exit(f"prior_start.py: {err}")
     pm, n = gen.phase_map, args.count
     length = args.length
     if length is None:
-        volume = mdiff.read_volume(args.training)
         length = evaluate.fit_baseline(evaluate.grid_cubes(volume, gen.patch), pm, 16)["length"]
     print(f"prior: truncated-Gaussian field, smoothing length {length:g}", flush=True)
     plan = gen.plan(SampleRequest(count=n, sampler="ddim", steps=STEPS, seed=0))
